@@ -1,0 +1,108 @@
+"""Sequence generation as a vectorised, single-step contextual bandit.
+
+One episode = one whole generated sequence: the policy (the diffusion sampler inside the RLModule) emits the
+complete token sequence as its action, the environment scores it, and the episode ends. Never one env step
+per denoising step: RLlib costs milliseconds per env step, the sampler's T steps live inside the module.
+
+The environment is a ``gymnasium.vector.VectorEnv`` over ``num_envs`` sub-environments, so one ``step``
+scores the whole batch with ONE call to the reward (an in-process callable or the Ray actor pool), never one
+call per sequence. Autoreset follows ``AutoresetMode.NEXT_STEP``: the step after an episode ends is a reset
+step. Observations are ``[terminal_flag, prompt_id]``: the module samples only for rows whose flag is 0, so
+the reset step costs nothing.
+
+A reward that fails (wrong count, non-finite, raised, actor gone for good) does not crash the rollout worker
+(RLlib would restart it and try again forever): the rewards become NaN and ``infos["reward_error"]`` carries
+the message, which the algorithm turns into a clear error naming the reward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+
+class SequenceBanditEnv(VectorEnv):
+    """Vectorised bandit: action = a token sequence (L,), reward = one float from the reward.
+
+    ``config`` keys: ``num_envs`` (set by RLlib), ``length`` (L), ``num_tokens`` (m), ``alphabet`` (m
+    characters used to turn tokens into the strings the reward sees), and either ``reward_pool`` (the
+    address dict of a :class:`sepo_ray.oracles.pool.RewardPool`) or ``reward`` (a reward spec scored
+    in-process).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.num_envs = int(config.get("num_envs", 1))
+        self.length = int(config["length"])
+        self.num_tokens = int(config["num_tokens"])
+        self.alphabet = str(config["alphabet"])
+        if len(self.alphabet) != self.num_tokens:
+            raise ValueError(f"alphabet {self.alphabet!r} must have num_tokens={self.num_tokens} characters")
+        self._pool_address = config.get("reward_pool")
+        self._reward_spec = config.get("reward")
+        if self._pool_address is None and not self._reward_spec:
+            raise ValueError("SequenceBanditEnv needs `reward_pool` or `reward` in its config")
+        self._scorer = None
+        self.single_observation_space = gym.spaces.Box(0.0, np.inf, (2,), np.float32)
+        self.single_action_space = gym.spaces.MultiDiscrete(np.full(self.length, self.num_tokens))
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._lut = np.frombuffer(self.alphabet.encode("ascii"), dtype=np.uint8)
+        self._done = True
+        self.num_reward_calls = 0
+
+    @property
+    def reward_spec(self) -> str:
+        return self._pool_address["spec"] if self._pool_address is not None else self._reward_spec
+
+    def _score(self, sequences: list[str]) -> np.ndarray:
+        if self._scorer is None:
+            if self._pool_address is not None:
+                from sepo_ray.oracles.pool import RewardPool
+
+                self._scorer = RewardPool.connect(**self._pool_address).score
+            else:
+                from sepo_ray.oracles.pool import resolve_reward
+
+                self._scorer = resolve_reward(self._reward_spec)
+        self.num_reward_calls += 1
+        return self._scorer(sequences)
+
+    def decode(self, actions: np.ndarray) -> list[str]:
+        """Token array (N, L) -> N strings over the alphabet."""
+        chars = self._lut[np.asarray(actions, dtype=np.int64)]  # (N, L) uint8
+        return [row.tobytes().decode("ascii") for row in chars]
+
+    def _obs(self, terminal: bool) -> np.ndarray:
+        obs = np.zeros((self.num_envs, 2), np.float32)  # (N, 2): [terminal_flag, prompt_id]
+        obs[:, 0] = float(terminal)
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+        self._done = False
+        return self._obs(False), {}
+
+    def step(self, actions):
+        n = self.num_envs
+        if self._done:  # NEXT_STEP autoreset: this step only resets every sub-environment
+            obs, infos = self.reset()
+            return obs, np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), infos
+        from sepo_ray.oracles.pool import RewardError
+
+        actions = np.asarray(actions).reshape(n, self.length)
+        infos: dict[str, Any] = {}
+        try:
+            rewards = np.asarray(self._score(self.decode(actions)), dtype=np.float64)
+        except RewardError as e:
+            rewards = np.full(n, np.nan)
+            infos = {"reward_error": np.array([str(e)] * n, dtype=object), "_reward_error": np.ones(n, bool)}
+        self._done = True
+        return self._obs(True), rewards, np.ones(n, bool), np.zeros(n, bool), infos

@@ -1,0 +1,160 @@
+"""The DNA denoiser of the DRAKES generator: a dilated 1-D CNN over one-hot tokens (incl. MASK).
+
+Architecture of Stark et al. 2024 ("Dirichlet flow matching", ``CNNModel``), as DRAKES (Wang et al. 2025) uses it
+for its MDLM backbone (paper App. E.2: "the CNN architecture from Stark et al. (2024)"):
+
+    h_0 = relu(Conv1d_9(onehot(z)))                              one-hot over m + 1 = 5 symbols (A, C, G, T, MASK)
+    h_i = h_{i-1} + relu(Conv1d_9^{d_i}(LayerNorm(h_{i-1} + c_i)))   i = 1 .. 5S, residual
+    logits = Conv1d_1(relu(Conv1d_1(h_5S)))[:, :m]                  (B, L, m)
+
+with S = ``num_cnn_stacks`` and dilations d = (1,)*S + (1,)*S + (4,)*S + (16,)*S + (64,)*S (each of the five
+base layers is repeated S times in a row, exactly as the reference builds its ``ModuleList``). c_i is a per-layer
+constant from the time embedding at t = 0 when ``time_embedding=True`` (MDLM with ``time_conditioning=False``
+feeds sigma = 0 to the backbone); with ``time_embedding=False`` (our default) c_i = 0 and those parameters do not
+exist. The last layer has m + 1 outputs like the reference (the MASK logit is never used: MDLM's "subs"
+parameterisation sets it to -inf), and :meth:`DNAConvDenoiser.forward` returns the m clean-token logits only.
+
+State-dict names match the DRAKES ``pretrained.ckpt`` backbone (``linear.*``, ``time_embedder.*``,
+``time_layers.{i}.dense.*``, ``convs.{i}.*``, ``norms.{i}.*``, ``final_conv.{0,2}.*``), so
+:func:`from_drakes_state_dict` loads those weights (hidden 128, 4 stacks, time embedding on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BASE_DILATIONS = (1, 1, 4, 16, 64)
+
+
+class GaussianFourierProjection(nn.Module):
+    """Fixed random Fourier features of a scalar time: t (B,) -> [sin(2 pi t W), cos(2 pi t W)] (B, D)."""
+
+    def __init__(self, embed_dim: int, scale: float = 30.0):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(embed_dim // 2) * scale, requires_grad=False)
+
+    def forward(self, t: Tensor) -> Tensor:
+        proj = t[:, None] * self.W[None, :] * 2 * math.pi  # (B, D/2)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)  # (B, D)
+
+
+class Dense(nn.Module):
+    """A linear layer under the name ``dense`` (keeps the reference's state-dict keys)."""
+
+    def __init__(self, input_dim: int, output_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(input_dim, output_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dense(x)
+
+
+class DNAConvDenoiser(nn.Module):
+    """Time-unconditioned MDLM denoiser: z (B, L) long in 0..m (m = MASK) -> logits (B, L, m) over clean tokens.
+
+    Args:
+        hidden_dim: channels of every convolution (DRAKES: 128).
+        num_cnn_stacks: S; the network has 5 S dilated residual layers (DRAKES: 4).
+        num_tokens: m, clean vocabulary size (DNA: 4); MASK = m.
+        dropout: dropout on each residual branch input (DRAKES: 0).
+        time_embedding: keep the reference's time-embedding parameters, evaluated at t = 0 (for DRAKES weights).
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int = 128,
+        num_cnn_stacks: int = 4,
+        num_tokens: int = 4,
+        dropout: float = 0.0,
+        time_embedding: bool = False,
+    ):
+        super().__init__()
+        if hidden_dim < 2 or hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be an even integer >= 2, got {hidden_dim}")
+        if num_cnn_stacks < 1:
+            raise ValueError(f"num_cnn_stacks must be >= 1, got {num_cnn_stacks}")
+        if num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+        self.config = {
+            "hidden_dim": int(hidden_dim),
+            "num_cnn_stacks": int(num_cnn_stacks),
+            "num_tokens": int(num_tokens),
+            "dropout": float(dropout),
+            "time_embedding": bool(time_embedding),
+        }
+        self.num_tokens = int(num_tokens)
+        self.mask_id = self.num_tokens
+        alphabet = self.num_tokens + 1
+        self.linear = nn.Conv1d(alphabet, hidden_dim, kernel_size=9, padding=4)
+        self.num_layers = 5 * num_cnn_stacks
+        if time_embedding:
+            self.time_embedder = nn.Sequential(
+                GaussianFourierProjection(embed_dim=hidden_dim), nn.Linear(hidden_dim, hidden_dim)
+            )
+            self.time_layers = nn.ModuleList([Dense(hidden_dim, hidden_dim) for _ in range(self.num_layers)])
+        dilations = [d for d in BASE_DILATIONS for _ in range(num_cnn_stacks)]
+        self.convs = nn.ModuleList(
+            [nn.Conv1d(hidden_dim, hidden_dim, kernel_size=9, dilation=d, padding=4 * d) for d in dilations]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(hidden_dim) for _ in range(self.num_layers)])
+        self.final_conv = nn.Sequential(
+            nn.Conv1d(hidden_dim, hidden_dim, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv1d(hidden_dim, alphabet, kernel_size=1),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """z (B, L) long in 0..m -> logits (B, L, m) over the m clean tokens."""
+        if z.dim() != 2:
+            raise ValueError(f"z must have shape (B, L), got {tuple(z.shape)}")
+        onehot = F.one_hot(z.long(), num_classes=self.num_tokens + 1).to(
+            self.linear.weight.dtype
+        )  # (B, L, m+1)
+        feat = F.relu(self.linear(onehot.transpose(1, 2)))  # (B, H, L)
+        if hasattr(self, "time_embedder"):
+            t0 = torch.zeros(1, device=z.device, dtype=feat.dtype)  # sigma = 0: time-unconditioned MDLM
+            time_emb = F.relu(self.time_embedder(t0))  # (1, H)
+        for i in range(self.num_layers):
+            h = self.dropout(feat)  # (B, H, L)
+            if hasattr(self, "time_layers"):
+                h = h + self.time_layers[i](time_emb)[:, :, None]  # (B, H, L)
+            h = self.norms[i](h.transpose(1, 2)).transpose(1, 2)  # (B, H, L)
+            feat = feat + F.relu(self.convs[i](h))  # (B, H, L)
+        logits = self.final_conv(feat).transpose(1, 2)  # (B, L, m+1)
+        return logits[..., : self.num_tokens]  # (B, L, m)
+
+
+def from_drakes_state_dict(state_dict: Mapping[str, Tensor]) -> DNAConvDenoiser:
+    """Build a :class:`DNAConvDenoiser` from DRAKES backbone weights.
+
+    Accepts the backbone's own state dict or a whole MDLM state dict (keys prefixed ``backbone.``; other keys are
+    ignored), e.g. ``torch.load("pretrained.ckpt", map_location="cpu", weights_only=True)["state_dict"]``.
+    hidden size, number of stacks and the time embedding are inferred from the tensor shapes.
+    """
+    sd = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+    sd = {k: v for k, v in sd.items() if k.split(".")[0] in _DRAKES_TOP_LEVEL}
+    if "linear.weight" not in sd:
+        raise ValueError(
+            "state_dict has no 'linear.weight' (nor 'backbone.linear.weight'): not a DRAKES backbone"
+        )
+    hidden, alphabet = sd["linear.weight"].shape[:2]
+    num_convs = len({k.split(".")[1] for k in sd if k.startswith("convs.")})
+    if num_convs % 5:
+        raise ValueError(f"state_dict has {num_convs} convs, expected a multiple of 5")
+    model = DNAConvDenoiser(
+        hidden_dim=int(hidden),
+        num_cnn_stacks=num_convs // 5,
+        num_tokens=int(alphabet) - 1,
+        time_embedding="time_embedder.1.weight" in sd,
+    )
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+_DRAKES_TOP_LEVEL = {"linear", "time_embedder", "time_layers", "convs", "norms", "final_conv"}

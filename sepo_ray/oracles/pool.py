@@ -1,0 +1,218 @@
+"""Reward-oracle actors: a pool of Ray actors that serve any reward, batched and restartable.
+
+A *reward spec* is a string naming what to score sequences with:
+
+- a registered oracle name (``sepo_ray.oracles.get_oracle``), e.g. ``"dna_ft"``;
+- ``"module:function"``: any importable callable taking a list of sequences (strings) and returning one
+  float per sequence; a class at that path is instantiated once (with no arguments) and then called.
+
+``resolve_reward(spec)`` turns a spec into a validated in-process callable; ``RewardPool`` serves the same
+callable from ``num_actors`` Ray actors, one batched call per actor per request. An actor that dies is
+restarted by Ray (``max_restarts``) and the in-flight chunk is sent again, so no batch is lost. Rewards that
+are not finite, have the wrong count, or raise become a :class:`RewardError` naming the reward.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+class RewardError(RuntimeError):
+    """A reward returned something unusable (wrong count, non-finite values) or raised."""
+
+
+def _import_callable(spec: str) -> Callable:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"reward {spec!r}: expected 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"reward {spec!r}: cannot import module {module_name!r} ({e})") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, type):
+        obj = obj()
+    if not callable(obj):
+        raise ValueError(f"reward {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def resolve_reward(spec: str) -> Callable[[Sequence[str]], np.ndarray]:
+    """Returns ``fn(sequences) -> float64 (N,)`` for a reward spec, validating every output.
+
+    Raises ValueError for a spec that names nothing; the returned callable raises :class:`RewardError`
+    for a wrong count, non-finite values or an exception inside the reward.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"reward: expected a non-empty string spec, got {spec!r}")
+    if ":" in spec:
+        raw = _import_callable(spec)
+    else:
+        from sepo_ray.oracles import get_oracle
+
+        raw = get_oracle(spec)
+
+    def reward(sequences: Sequence[str]) -> np.ndarray:
+        try:
+            out = raw(list(sequences))
+        except RewardError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure inside user code is reported with its name
+            raise RewardError(f"reward {spec!r} raised {type(e).__name__}: {e}") from e
+        return validate_rewards(out, len(sequences), spec)
+
+    reward.spec = spec  # type: ignore[attr-defined]
+    return reward
+
+
+def validate_rewards(values, expected: int, spec: str) -> np.ndarray:
+    """Checks that ``values`` is ``expected`` finite floats; returns them as float64 (N,)."""
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise RewardError(f"reward {spec!r} returned a value that is not a list of floats: {e}") from e
+    if arr.shape[0] != expected:
+        raise RewardError(f"reward {spec!r} returned {arr.shape[0]} values for {expected} sequences")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise RewardError(
+            f"reward {spec!r} returned non-finite values ({arr[bad[0]]!r} for sequence {int(bad[0])}, "
+            f"{bad.size} in all)"
+        )
+    return arr
+
+
+class _RewardActorImpl:
+    """Holds one reward callable on its own device; ``score`` is one batched call."""
+
+    def __init__(self, spec: str):
+        import torch
+
+        torch.set_num_threads(1)
+        self.spec = spec
+        self.fn = resolve_reward(spec)
+        self.calls = 0
+
+    def score(self, sequences: list[str]) -> np.ndarray:
+        self.calls += 1
+        return self.fn(sequences)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class RewardPool:
+    """``num_actors`` Ray actors serving one reward spec; ``score`` splits a batch evenly across them.
+
+    Actors are named ``f"{name}-{i}"`` so that rollout workers can find them with :meth:`connect`; the
+    creator keeps the handles (a named actor whose handles are all gone is collected).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        num_actors: int = 1,
+        num_gpus: float = 0.0,
+        num_cpus: float = 0.0,
+        max_restarts: int = 3,
+        name: str | None = None,
+        namespace: str | None = None,
+    ):
+        import ray
+
+        if num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        if num_gpus < 0:
+            raise ValueError(f"num_gpus must be >= 0, got {num_gpus}")
+        if max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
+        resolve_reward(spec)  # fail fast in the driver on a spec that names nothing
+        self.spec = spec
+        self.name = name or f"sepo-reward-{int(time.time() * 1e3) % 10**9}-{np.random.randint(10**6)}"
+        self.namespace = namespace or ray.get_runtime_context().namespace
+        actor_cls = ray.remote(_RewardActorImpl)
+        self.actors = [
+            actor_cls.options(
+                name=f"{self.name}-{i}",
+                namespace=self.namespace,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_restarts=max_restarts,
+                max_task_retries=max_restarts,
+            ).remote(spec)
+            for i in range(num_actors)
+        ]
+        self.max_retries = max(1, max_restarts)
+
+    @classmethod
+    def connect(
+        cls, spec: str, name: str, num_actors: int, namespace: str, max_retries: int = 3
+    ) -> RewardPool:
+        """Handles to the actors of an existing pool (inside a rollout worker)."""
+        import ray
+
+        pool = cls.__new__(cls)
+        pool.spec, pool.name, pool.namespace, pool.max_retries = spec, name, namespace, max(1, max_retries)
+        pool.actors = [ray.get_actor(f"{name}-{i}", namespace=namespace) for i in range(num_actors)]
+        return pool
+
+    def address(self) -> dict:
+        """What a rollout worker needs to :meth:`connect` (plain strings: safe to checkpoint)."""
+        return {
+            "spec": self.spec,
+            "name": self.name,
+            "num_actors": len(self.actors),
+            "namespace": self.namespace,
+            "max_retries": self.max_retries,
+        }
+
+    def score(self, sequences: Sequence[str]) -> np.ndarray:
+        """One batched call per actor; chunks whose actor died are retried after its restart."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        sequences = list(sequences)
+        if not sequences:
+            return np.zeros(0)
+        bounds = np.linspace(0, len(sequences), len(self.actors) + 1).astype(int)
+        chunks = [(a, sequences[lo:hi]) for a, lo, hi in zip(self.actors, bounds[:-1], bounds[1:]) if hi > lo]
+        results: list[np.ndarray | None] = [None] * len(chunks)
+        for attempt in range(self.max_retries + 1):
+            todo = [i for i, r in enumerate(results) if r is None]
+            if not todo:
+                break
+            refs = {i: chunks[i][0].score.remote(chunks[i][1]) for i in todo}
+            for i, ref in refs.items():
+                try:
+                    results[i] = ray.get(ref)
+                except RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, RewardError):
+                        raise RewardError(str(cause)) from None
+                    raise RewardError(f"reward {self.spec!r} failed in its actor: {e}") from None
+                except RayActorError:
+                    if attempt == self.max_retries:
+                        raise RewardError(
+                            f"reward {self.spec!r}: actor {self.name}-{i} died {attempt + 1} times; giving up"
+                        ) from None
+                    time.sleep(0.5)  # let Ray restart the actor, then resend this chunk
+        out = np.concatenate([np.asarray(r, dtype=np.float64) for r in results])
+        return validate_rewards(out, len(sequences), self.spec)
+
+    def kill(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []

@@ -1,0 +1,232 @@
+"""SEPO as an RLlib Algorithm: sample -> score -> update -> sync weights.
+
+Rollout workers (EnvRunners) hold theta_old and run the whole T-step sampler inside the RLModule; their
+environment sends each batch of sequences to the reward-oracle actors in ONE call. The algorithm then turns
+rewards into advantages where every GRPO group is whole (here, before the data is split across learners),
+the learner group runs K epochs of the SEPO loss, and the new weights are broadcast to the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+
+from sepo_ray import sepo
+from sepo_ray.oracles.pool import RewardError, RewardPool, resolve_reward
+from sepo_ray.rllib.config import SEPOConfig
+
+logger = logging.getLogger(__name__)
+
+SEPO_KEY = "sepo"
+
+
+class SEPO(Algorithm):
+    """Score Entropy Policy Optimization (Zekri & Boulle) on RLlib's new API stack."""
+
+    @classmethod
+    def get_default_config(cls) -> SEPOConfig:
+        return SEPOConfig(algo_class=cls)
+
+    # ------------------------------------------------------------------------------------------ setup
+    def setup(self, config) -> None:
+        cfg = self.config
+        self._reward_pool = None
+        self._heldout_reward = None
+        self._baseline = None  # PPO: learned scalar value of the (single-state) bandit
+        if cfg.oracle_actors > 0:
+            spec = cfg.reward or cfg.task_spec().default_reward
+            self._reward_pool = RewardPool(
+                spec,
+                num_actors=cfg.oracle_actors,
+                num_gpus=float(cfg.oracle_num_gpus),
+                max_restarts=int(cfg.oracle_max_restarts),
+            )
+            new = cfg.copy(copy_frozen=False)
+            env_config = dict(new.env_config)
+            env_config.pop("reward", None)
+            env_config["reward_pool"] = self._reward_pool.address()
+            new.env_config = env_config
+            new.freeze()
+            self.config = new
+        super().setup(config)
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        if self._reward_pool is not None:
+            try:
+                self._reward_pool.kill()
+            except Exception:  # noqa: BLE001 - Ray may already be shutting down
+                pass
+            self._reward_pool = None
+
+    # ----------------------------------------------------------------------------------- one iteration
+    def training_step(self) -> None:
+        cfg = self.config
+        # 1. Sample: B * G whole sequences with theta_old (old-policy SEPO quantities ride along).
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes = []
+            for attempt in range(4):
+                got, runner_results = synchronous_parallel_sample(
+                    worker_set=self.env_runner_group,
+                    max_env_steps=cfg.batch_sequences - len(episodes),
+                    sample_timeout_s=cfg.sample_timeout_s,
+                    _uses_new_env_runners=True,
+                    _return_metrics=True,
+                )
+                episodes += [e for e in got if len(e) > 0]
+                self.metrics.aggregate(runner_results, key=ENV_RUNNER_RESULTS)
+                if len(episodes) >= cfg.batch_sequences:
+                    break
+                logger.warning(
+                    "SEPO: sampled %d/%d sequences; restoring rollout workers",
+                    len(episodes),
+                    cfg.batch_sequences,
+                )
+                time.sleep(1.0 + attempt)  # give Ray time to restart a crashed worker
+                self.restore_env_runners(self.env_runner_group)
+            if not episodes:
+                raise RuntimeError("SEPO: every rollout worker failed to sample, four times in a row")
+
+        # 2. Score: rewards (already computed by the oracle actors inside the env step) -> advantages.
+        rewards = self._check_rewards(episodes)
+        advantages = self._advantages(episodes, rewards)
+        for episode, a in zip(episodes, advantages):
+            episode.custom_data["advantage"] = float(a)
+
+        # 3. Update: K epochs of the SEPO loss on the whole batch.
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            learner_results = self.learner_group.update(
+                episodes=episodes,
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                        (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+                    )
+                },
+                num_epochs=cfg.num_epochs,
+                minibatch_size=None,
+                shuffle_batch_per_epoch=False,
+            )
+            self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+
+        # 4. Sync: broadcast the new weights to every rollout worker.
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            modules = set(learner_results[0].keys()) - {"__all_modules__"}
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group, policies=modules, inference_only=True
+            )
+
+        self._log_sepo_metrics(rewards, learner_results)
+        if cfg.heldout_eval_interval and (self.training_iteration + 1) % cfg.heldout_eval_interval == 0:
+            self.metrics.log_value((SEPO_KEY, "heldout_pred_activity"), self.heldout_score(), window=1)
+
+    # ------------------------------------------------------------------------------------------ score
+    def _check_rewards(self, episodes) -> np.ndarray:
+        rewards = np.array([e.get_return() for e in episodes], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(rewards))
+        if bad.size:
+            info = episodes[int(bad[0])].get_infos(-1) or {}
+            message = info.get("reward_error") if isinstance(info, dict) else None
+            spec = self.config.reward or self.config.task_spec().default_reward
+            raise RewardError(
+                message or f"reward {spec!r} returned a non-finite value for {bad.size} sequences"
+            )
+        return rewards
+
+    def _advantages(self, episodes, rewards: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if cfg.advantage == "ppo":
+            # A = R - V with V the learned value of the single bandit state (running mean of rewards).
+            baseline = float(rewards.mean()) if self._baseline is None else self._baseline
+            self._baseline = 0.9 * baseline + 0.1 * float(rewards.mean())
+            return sepo.ppo_advantages(
+                torch.as_tensor(rewards), torch.full_like(torch.as_tensor(rewards), baseline)
+            ).numpy()
+        group_ids = np.array([int(e.get_extra_model_outputs("group_id", -1)) for e in episodes])
+        order = np.argsort(group_ids, kind="stable")
+        _, counts = np.unique(group_ids[order], return_counts=True)
+        if not np.all(counts == cfg.group_size):
+            raise RuntimeError(
+                f"SEPO: GRPO groups of sizes {sorted(set(counts.tolist()))}, expected {cfg.group_size}"
+            )
+        adv_sorted = sepo.group_advantages(torch.as_tensor(rewards[order]), cfg.group_size).numpy()
+        advantages = np.empty_like(adv_sorted)
+        advantages[order] = adv_sorted
+        return advantages
+
+    def _log_sepo_metrics(self, rewards: np.ndarray, learner_results) -> None:
+        res = learner_results[0].get(DEFAULT_MODULE_ID, {}) if learner_results else {}
+
+        def last(key):
+            v = res.get(key)
+            v = v.peek() if hasattr(v, "peek") else v
+            return float(v) if v is not None else float("nan")
+
+        for key, value in {
+            "reward_mean": float(rewards.mean()),
+            "reward_median": float(np.median(rewards)),
+            "reward_max": float(rewards.max()),
+            "kl": last("kl"),
+            "clip_frac": last("clip_frac"),
+        }.items():
+            self.metrics.log_value((SEPO_KEY, key), value, window=1)
+
+    # --------------------------------------------------------------------------------- current weights
+    def current_denoiser(self) -> torch.nn.Module:
+        """A CPU copy of the learner's current generator (what the next iteration will sample from)."""
+        cfg = self.config
+        weights = self.learner_group.get_weights()[DEFAULT_MODULE_ID]
+        model = cfg.task_spec().build_denoiser(cfg.generator)
+        prefix = "denoiser."
+        state = {k[len(prefix) :]: torch.as_tensor(v) for k, v in weights.items() if k.startswith(prefix)}
+        model.load_state_dict(state)
+        return model.eval()
+
+    def heldout_score(self, num_samples: int | None = None, seed: int = 0) -> float:
+        """Median held-out oracle score (never used in training) of fresh samples from the current model."""
+        from sepo_ray import diffusion
+
+        cfg = self.config
+        task = cfg.task_spec()
+        if task.heldout_reward is None:
+            return float("nan")
+        if self._heldout_reward is None:
+            self._heldout_reward = resolve_reward(task.heldout_reward)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            out = diffusion.sample(
+                self.current_denoiser(),
+                num_samples or cfg.heldout_samples,
+                task.length,
+                cfg.denoise_steps,
+                corrector_steps=cfg.corrector_steps,
+                generator=g,
+            )
+        lut = np.frombuffer(task.alphabet.encode(), dtype=np.uint8)
+        seqs = [row.tobytes().decode() for row in lut[out.x.numpy()]]
+        return float(np.median(self._heldout_reward(seqs)))
+
+    # ---------------------------------------------------------------------------------- checkpointing
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        state["sepo_baseline"] = self._baseline
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        if "sepo_baseline" in state:
+            self._baseline = state["sepo_baseline"]

@@ -1,0 +1,113 @@
+"""The RLModule: a pretrained denoiser whose exploration forward runs the whole T-step CTMC sampler.
+
+One forward = one batch of whole sequences. RLlib skips its own action sampling because the module returns
+``Columns.ACTIONS`` itself; every other key it returns becomes an ``extra_model_outputs`` column of the
+episode and reaches the learner's train batch. These carry the old-policy quantities of SEPO, computed
+ONCE, where x was sampled and with the very weights that sampled it (so their cost scales out with the
+rollout workers and the ratio stays right under stale weights):
+
+- ``positions`` (N, K): the Hamming-1 positions subsampled for the loss;
+- ``old_log_scores`` (N, K, m): log s_theta_old(x)_y for those neighbours y;
+- ``old_log_pi_hat`` (N, K, m): log pi_hat_theta_old(y) (SNIS with M samples, or single-sample pi);
+- ``kl_states`` (N, S, L) and ``kl_steps`` (N, S): states of the sampler path for the App. D.2 KL;
+- ``group_id`` (N,): GRPO group of each sequence (G consecutive sub-environments share one);
+- ``sample_log_prob`` (N,): log-probability of the sampler's own path (for trajectory baselines).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from sepo_ray import diffusion, sepo
+
+EXTRA_KEYS = (
+    "positions",
+    "old_log_scores",
+    "old_log_pi_hat",
+    "kl_states",
+    "kl_steps",
+    "group_id",
+    "sample_log_prob",
+)
+
+
+class SEPOTorchRLModule(TorchRLModule):
+    """Wraps the task's denoiser ``model(z (B, L)) -> logits (B, L, m)``; the policy is its sampler."""
+
+    def setup(self):
+        from sepo_ray.tasks import get_task
+
+        settings = self.model_config["sepo"]
+        self.settings = dict(settings)
+        self.task = get_task(settings["task"])
+        self.denoiser = self.task.build_denoiser(settings["generator"])
+        self.schedule = diffusion.LogLinearSchedule()
+        self._rng = torch.Generator()
+        self._rng.manual_seed(int(np.random.SeedSequence().entropy % (2**62)))
+
+    # ------------------------------------------------------------------------------------- sampling
+    def generate(self, num: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Samples ``num`` sequences and the old-policy quantities SEPO needs (see module docstring)."""
+        s = self.settings
+        g = generator if generator is not None else self._rng
+        steps = int(s["denoise_steps"])
+        kl_steps = torch.randperm(steps, generator=g)[: int(s["kl_steps"])] + 1  # (S,) in 1..T
+        out = diffusion.sample(
+            self.denoiser,
+            num,
+            self.task.length,
+            steps,
+            self.schedule,
+            corrector_steps=int(s["corrector_steps"]),
+            generator=g,
+            record_states_at=kl_steps,
+        )
+        x = out.x  # (N, L)
+        positions, _ = sepo.sample_positions(
+            num, self.task.length, s["neighbour_positions"], generator=g
+        )  # (N, K)
+        old_log_scores = sepo.log_scores(self.denoiser, x, positions, s["score_estimator"])  # (N, K, m)
+        old_log_pi_hat = sepo.log_pi_hat(
+            self.denoiser, x, positions, int(s["snis_samples"]), s["score_estimator"], generator=g
+        )  # (N, K, m)
+        group = int(s["group_size"])
+        base = int(torch.randint(0, 2**40, (1,), generator=g)) * 4096
+        return {
+            Columns.ACTIONS: x,
+            "positions": positions,
+            "old_log_scores": old_log_scores.float(),
+            "old_log_pi_hat": old_log_pi_hat.float(),
+            "kl_states": out.states.to(torch.int8),  # (N, S, L)
+            "kl_steps": kl_steps.expand(num, -1).clone(),  # (N, S)
+            "group_id": base + torch.arange(num) // group,  # (N,)
+            "sample_log_prob": out.log_prob.float(),  # (N,)
+        }
+
+    @torch.no_grad()
+    def _forward_exploration(self, batch, **kwargs):
+        obs = batch[Columns.OBS]  # (N, 2): [terminal_flag, prompt_id]
+        n = obs.shape[0]
+        active = obs[:, 0] < 0.5  # rows at a reset step need no sample
+        if not bool(active.any()):
+            return {Columns.ACTIONS: torch.zeros(n, self.task.length, dtype=torch.long)}
+        if bool(active.all()):
+            return self.generate(n)
+        out = self.generate(int(active.sum()))
+        full = {}
+        for key, value in out.items():
+            buf = torch.zeros((n, *value.shape[1:]), dtype=value.dtype)
+            buf[active] = value
+            full[key] = buf
+        return full
+
+    def _forward_inference(self, batch, **kwargs):
+        return self._forward_exploration(batch, **kwargs)
+
+    def _forward(self, batch, **kwargs):
+        return self._forward_exploration(batch, **kwargs)
+
+    def _forward_train(self, batch, **kwargs):
+        return {}  # the SEPO loss needs its own masked forwards: see SEPOTorchLearner

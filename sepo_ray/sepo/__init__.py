@@ -1,0 +1,38 @@
+"""Score Entropy Policy Optimization: scores, neighbours, SNIS, coefficients, loss, advantages, KL, exact toy.
+
+Pure torch/numpy; no Ray.
+"""
+
+from .advantages import group_advantages, leave_one_out_advantages, ppo_advantages
+from .kl import kl_masked_path, kl_to_reference
+from .loss import grpo, grpo_coefficients, ppo_coefficients, ratio, sepo_loss
+from .neighbours import neighbour_mask, neighbours, other_tokens, sample_positions
+from .scores import ESTIMATORS, log_scores, log_scores_from_site_log_probs, site_log_probs
+from .snis import SNISTerms, log_pi_hat, single_sample_log_pi, snis_log_pi, snis_log_pi_hat, snis_terms
+
+__all__ = [
+    "ESTIMATORS",
+    "SNISTerms",
+    "group_advantages",
+    "grpo",
+    "grpo_coefficients",
+    "kl_masked_path",
+    "kl_to_reference",
+    "leave_one_out_advantages",
+    "log_pi_hat",
+    "log_scores",
+    "log_scores_from_site_log_probs",
+    "neighbour_mask",
+    "neighbours",
+    "other_tokens",
+    "ppo_advantages",
+    "ppo_coefficients",
+    "ratio",
+    "sample_positions",
+    "sepo_loss",
+    "single_sample_log_pi",
+    "site_log_probs",
+    "snis_log_pi",
+    "snis_log_pi_hat",
+    "snis_terms",
+]

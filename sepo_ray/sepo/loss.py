@@ -1,0 +1,156 @@
+"""SEPO coefficients and loss (paper Thm 3.2, Sec. 3.2, Remark 3.1, App. B).
+
+Sign convention: the returned loss is Eq. (8) as written,
+
+    loss(theta) = E_{x ~ pi_old} sum_{y in N(x)} w_{x,y} log s_theta(x)_y,   w detached,
+
+and with w = pi(y) A(x) (on-policy, exact ratios, all y != x) its gradient is Thm 3.1's
+sum_x pi(x) A(x) sum_{y != x} pi(y) grad log s(x)_y = -grad E_pi[A]: minimising the loss ascends the reward
+(tests/test_sepo.py checks this identity to 1e-5 on the exact toy).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def ratio(log_score_new: Tensor, log_score_old: Tensor, log_pi_new: Tensor, log_pi_old: Tensor) -> Tensor:
+    """r_{x,y} = pi_theta(y)/pi_old(y) * s_old(x)_y / s_theta(x)_y, in log space, detached.  # Sec. 3.2
+
+    All inputs (B, K, m) -> (B, K, m). With exact quantities r_{x,y} = pi_theta(x) / pi_old(x) for every y.
+    """
+    shape = log_score_new.shape
+    for name, value in (
+        ("log_score_old", log_score_old),
+        ("log_pi_new", log_pi_new),
+        ("log_pi_old", log_pi_old),
+    ):
+        if value.shape != shape:
+            raise ValueError(
+                f"{name} must have the shape of log_score_new {tuple(shape)}, got {tuple(value.shape)}"
+            )
+    log_r = (log_pi_new - log_pi_old) + (log_score_old - log_score_new)  # (B, K, m)
+    return torch.exp(log_r.detach())  # (B, K, m)
+
+
+def _check_coefficient_args(ratio: Tensor, advantages: Tensor, pi_hat: Tensor, clip_eps: float) -> None:
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    if ratio.dim() < 1:
+        raise ValueError("ratio must have shape (B, ...)")
+    if advantages.shape != ratio.shape[:1]:
+        raise ValueError(f"advantages must have shape ({ratio.shape[0]},), got {tuple(advantages.shape)}")
+    if pi_hat.shape != ratio.shape:
+        raise ValueError(
+            f"pi_hat must have the shape of ratio {tuple(ratio.shape)}, got {tuple(pi_hat.shape)}"
+        )
+
+
+def ppo_coefficients(
+    ratio: Tensor, advantages: Tensor, pi_hat: Tensor, clip_eps: float, zero_clipped: bool = False
+) -> Tensor:
+    """PPO coefficient w_{x,y} = pi_hat(y) * min(clip(r, 1-eps, 1+eps) A(x), r A(x)).  # App. B.1
+
+    ratio (B, K, m), advantages (B,), pi_hat (B, K, m) probabilities (not logs) -> (B, K, m), detached.
+    The min picks the pessimistic surrogate: for A > 0 it caps r at 1+eps, for A < 0 it floors r at 1-eps.
+    zero_clipped=False follows App. B.1 literally (a clipped entry keeps the coefficient clip(r) A);
+    zero_clipped=True gives PPO's own gradient, which vanishes where the clipped branch is taken.
+    """
+    _check_coefficient_args(ratio, advantages, pi_hat, clip_eps)
+    a = advantages.reshape((-1,) + (1,) * (ratio.dim() - 1)).to(ratio.dtype)  # (B, 1, 1)
+    unclipped = ratio * a  # (B, K, m)
+    clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a  # (B, K, m)
+    surrogate = torch.minimum(clipped, unclipped)  # (B, K, m)
+    if zero_clipped:
+        surrogate = torch.where(clipped < unclipped, torch.zeros_like(surrogate), surrogate)  # (B, K, m)
+    return (pi_hat * surrogate).detach()  # (B, K, m)
+
+
+def grpo_coefficients(
+    ratio: Tensor,
+    advantages: Tensor,
+    pi_hat: Tensor,
+    clip_eps: float,
+    group_size: int,
+    zero_clipped: bool = False,
+) -> Tensor:
+    """GRPO coefficient (App. B.2): the PPO coefficient divided by G, with A group-standardised.
+
+        w_{x_i,y} = pi_hat(y) / G * min(clip(r_{x_i,y}) A(x_i), r_{x_i,y} A(x_i))
+
+    so that `sepo_loss(..., group_size=G)` (sum over the G members, mean over groups) is the mean over the group
+    of each member's sum over its neighbours, as in GRPO. advantages: (B,) already standardised by
+    `group_advantages`. -> (B, K, m), detached.
+    """
+    if group_size < 1 or ratio.shape[0] % group_size != 0:
+        raise ValueError(f"group_size must be >= 1 and divide the batch {ratio.shape[0]}, got {group_size}")
+    return ppo_coefficients(ratio, advantages, pi_hat, clip_eps, zero_clipped) / group_size  # (B, K, m)
+
+
+grpo = grpo_coefficients  # the name used in the API contract
+
+
+def sepo_loss(
+    log_score: Tensor,
+    coefficients: Tensor,
+    mask: Tensor,
+    position_weight: float = 1.0,
+    group_size: int | None = None,
+    ratio: Tensor | None = None,
+    clip_eps: float | None = None,
+) -> tuple[Tensor, dict]:
+    """SEPO loss, Eq. (8) / Remark 3.1: only log_score carries gradient.
+
+        per_x(x) = position_weight * sum_{k, v: mask} w_{x,(k,v)} log s_theta(x)_{(k,v)}             (B,)
+        loss = mean_b per_x                          (group_size None: PPO, w from `ppo_coefficients`)
+        loss = mean_groups sum_{i in group} per_x    (group_size G: GRPO, w from `grpo_coefficients`)
+
+    position_weight = L / K when positions were subsampled (`sample_positions`). Minimising the loss ascends
+    the reward (module docstring). log_score, coefficients, mask: (B, K, m). ratio/clip_eps (optional) only
+    feed the statistics. Returns (loss scalar, stats dict of detached floats).
+    """
+    if log_score.dim() != 3:
+        raise ValueError(f"log_score must have shape (B, K, m), got {tuple(log_score.shape)}")
+    if coefficients.shape != log_score.shape:
+        raise ValueError(
+            f"coefficients must have the shape of log_score {tuple(log_score.shape)}, got {tuple(coefficients.shape)}"
+        )
+    if mask.shape != log_score.shape:
+        raise ValueError(
+            f"mask must have the shape of log_score {tuple(log_score.shape)}, got {tuple(mask.shape)}"
+        )
+    if not position_weight > 0:
+        raise ValueError(f"position_weight must be > 0, got {position_weight}")
+    batch = log_score.shape[0]
+    if group_size is not None and (group_size < 1 or batch % group_size != 0):
+        raise ValueError(f"group_size must be >= 1 and divide the batch {batch}, got {group_size}")
+    mask = mask.to(torch.bool)
+    terms = torch.where(mask, coefficients.detach() * log_score, torch.zeros_like(log_score))  # (B, K, m)
+    per_x = position_weight * terms.sum(dim=(1, 2))  # (B,)
+    if group_size is None:
+        loss = per_x.mean()
+    else:
+        loss = per_x.reshape(-1, group_size).sum(dim=1).mean()
+    with torch.no_grad():
+        count = mask.sum().clamp_min(1)
+        stats = {
+            "loss": float(loss),
+            "log_score_mean": float(torch.where(mask, log_score, torch.zeros_like(log_score)).sum() / count),
+            "coef_abs_mean": float(
+                torch.where(mask, coefficients.abs(), torch.zeros_like(coefficients)).sum() / count
+            ),
+            "num_neighbours": int(mask.sum()),
+        }
+        if ratio is not None:
+            if ratio.shape != log_score.shape:
+                raise ValueError(
+                    f"ratio must have the shape of log_score {tuple(log_score.shape)}, got {tuple(ratio.shape)}"
+                )
+            r = ratio[mask]
+            stats["ratio_mean"] = float(r.mean()) if r.numel() else 1.0
+            stats["ratio_max"] = float(r.max()) if r.numel() else 1.0
+            stats["ratio_min"] = float(r.min()) if r.numel() else 1.0
+            if clip_eps is not None:
+                stats["clip_frac"] = float(((r - 1.0).abs() > clip_eps).double().mean()) if r.numel() else 0.0
+    return loss, stats

@@ -1,0 +1,83 @@
+"""`ray job submit --working-dir . -- python -m sepo_ray.run ...` against a head node started here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_runs_sepo(tmp_path):
+    ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.exists():
+        ray_bin = Path(shutil.which("ray") or "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this venv's
+    gcs_port, dash_port = free_port(), free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="sepo-ray-", dir="/tmp")  # AF_UNIX socket paths must stay < 108 bytes
+    head = subprocess.Popen(
+        [
+            str(ray_bin), "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=1",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+            f"--temp-dir={ray_tmp}", "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash_port}"
+    try:
+        deadline = time.time() + 120
+        while True:  # wait for the job server
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or head.poll() is not None:
+                    pytest.fail("the Ray head node did not come up")
+                time.sleep(1)
+        job = subprocess.run(
+            [
+                str(ray_bin), "job", "submit", f"--address={address}", "--working-dir", str(ROOT), "--",
+                "python", "-m", "sepo_ray.run", "toy", "--iterations", "1", "--no-eval",
+                "--output", str(tmp_path / "run"), "--set", "prompts_per_batch=2", "--set", "group_size=2",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
+        out = job.stdout + job.stderr
+        assert job.returncode == 0, out[-3000:]
+        assert "joined Ray cluster" in out, out[-3000:]
+        assert "iter   1/1" in out, out[-3000:]
+        assert (tmp_path / "run" / "result.json").exists()
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its own processes on SIGTERM
+            head.wait(timeout=60)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,0 +1,387 @@
+"""Sweep files, their validation, sweep.json, and whole sweeps (a stand-in trainable, then SEPO itself)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from sepo_ray import sweep
+from sepo_ray.sweep import (
+    SEPO_FIELDS,
+    build_param_space,
+    load_sweep_spec,
+    parse_sweep_spec,
+    read_sweep_yaml,
+    run_sweep,
+    select_best,
+    summarize_trial,
+    sweep_report,
+    write_sweep_json,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_FILE = ROOT / "tune_configs" / "cpu_small.yaml"
+CLUSTER_FILE = ROOT / "tune_configs" / "cluster_paper.yaml"
+FIELDS = frozenset(SEPO_FIELDS | {"fail_marker", "step_cost_s"})
+
+
+def minimal(**over) -> dict:
+    raw = {
+        "name": "t",
+        "scheduler": {"type": "asha", "time_attr": "time_total_s", "max_t": 10, "grace_period": 1},
+        "num_samples": 2,
+        "base_config": {"group_size": 4},
+        "search_space": {"clip_eps": {"uniform": [0.1, 0.3]}},
+    }
+    raw.update(over)
+    return raw
+
+
+# ------------------------------------------------------------------------------------------ shipped files
+def test_shipped_sweep_files_validate_against_sepo_config():
+    cpu = load_sweep_spec(CPU_FILE)
+    cluster = load_sweep_spec(CLUSTER_FILE)
+    for spec in (cpu, cluster):
+        assert spec.scheduler.type == "asha" and spec.scheduler.time_attr == "time_total_s"
+        assert spec.metric == "sepo/reward_mean" and spec.select_metric == "sepo/heldout_pred_activity"
+        assert {"clip_eps", "kl_alpha", "snis_samples", "denoise_steps"} <= set(spec.searched_fields)
+
+
+def test_cpu_sweep_fits_two_cores_and_fifteen_minutes():
+    spec = load_sweep_spec(CPU_FILE)
+    assert spec.num_trials >= 4
+    assert spec.resources == {"num_cpus": 2, "num_gpus": 0}
+    assert 1 <= spec.max_concurrent_trials <= 2
+    assert spec.base_config["num_env_runners"] == 0 and spec.base_config.get("num_learners", 0) == 0
+    # ASHA's max_t bounds each trial's training time; rounds of max_concurrent trials run back to back.
+    rounds = math.ceil(spec.num_trials / spec.max_concurrent_trials)
+    assert rounds * spec.scheduler.max_t <= 600
+    assert spec.time_budget_s is not None and spec.time_budget_s <= 14 * 60
+    # at least two rungs below max_t, so that ASHA can stop a trial early
+    assert spec.scheduler.grace_period * spec.scheduler.reduction_factor < spec.scheduler.max_t
+
+
+def test_cluster_sweep_reaches_paper_scale():
+    spec = load_sweep_spec(CLUSTER_FILE)
+    values = {p.field: p.args for p in spec.search_space}
+    assert max(values["denoise_steps"]) == 128
+    assert max(values["snis_samples"]) == 16
+    assert spec.base_config["group_size"] == 8
+    assert spec.base_config["num_gpus_per_learner"] >= 1 and spec.base_config["num_gpus_per_env_runner"] > 0
+    assert spec.base_config["oracle_num_gpus"] > 0
+
+
+# ------------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "raw, culprit",
+    [
+        (minimal(colour="red"), "'colour'"),
+        (minimal(scheduler={"type": "asha", "max_t": 10, "patience": 3}), "'patience'"),
+        (minimal(checkpoint={"every": 3}), "'every'"),
+        (minimal(resources={"cpus": 2}), "'cpus'"),
+        (minimal(base_config={"clip_epsilon": 0.2}), "base_config.clip_epsilon"),
+        (minimal(search_space={"temperature": {"uniform": [0.1, 1.0]}}), "search_space.temperature"),
+        (minimal(search_space={"clip_eps": {"normal": [0.2, 0.1]}}), "'normal'"),
+    ],
+)
+def test_unknown_key_raises_naming_it(raw, culprit):
+    with pytest.raises(ValueError, match=culprit.replace(".", r"\.")):
+        parse_sweep_spec(raw, FIELDS)
+
+
+@pytest.mark.parametrize(
+    "space, culprit",
+    [
+        ({"clip_eps": {"uniform": [0.3, 0.1]}}, "search_space.clip_eps"),  # low > high
+        ({"clip_eps": {"uniform": [0.2, 0.2]}}, "search_space.clip_eps"),  # empty
+        ({"clip_eps": {"uniform": [0.1, 1.5]}}, "search_space.clip_eps"),  # ε must be < 1
+        ({"kl_alpha": {"loguniform": [0.0, 0.1]}}, "search_space.kl_alpha"),  # log of 0
+        ({"lr": {"loguniform": [-1.0e-4, 1.0e-3]}}, "search_space.lr"),
+        ({"denoise_steps": {"uniform": [8, 16]}}, "search_space.denoise_steps"),  # integer field
+        ({"denoise_steps": {"randint": [0, 16]}}, "search_space.denoise_steps"),  # T >= 1
+        ({"snis_samples": {"randint": [4, 2]}}, "search_space.snis_samples"),
+        ({"snis_samples": {"choice": [0, -2]}}, "search_space.snis_samples"),
+        ({"snis_samples": {"grid": []}}, "search_space.snis_samples"),
+        ({"snis_samples": {"choice": [0, 2.5]}}, "search_space.snis_samples"),
+        ({"score_estimator": {"choice": ["clean", "exact"]}}, "search_space.score_estimator"),
+        ({"lr": {"uniform": [1.0e-4]}}, "search_space.lr"),
+        ({"lr": [1.0e-4, 1.0e-3]}, "search_space.lr"),
+        ({"group_size": {"grid": [4, 8]}}, "search_space.group_size"),  # also in base_config
+    ],
+)
+def test_invalid_range_raises_naming_the_field(space, culprit):
+    with pytest.raises(ValueError, match=culprit.replace(".", r"\.")):
+        parse_sweep_spec(minimal(search_space=space), FIELDS)
+
+
+@pytest.mark.parametrize(
+    "over, culprit",
+    [
+        ({"scheduler": {"type": "asha", "time_attr": "training_iteration"}}, "scheduler.time_attr"),
+        ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
+        ({"scheduler": {"max_t": 10, "grace_period": 20}}, "scheduler.grace_period"),
+        ({"scheduler": {"max_t": 0}}, "scheduler.max_t"),
+        ({"scheduler": {"reduction_factor": 1}}, "scheduler.reduction_factor"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"max_concurrent_trials": 3, "resources": {"num_cpus": 2}}, "max_concurrent_trials"),
+        ({"mode": "maximise"}, "mode"),
+        ({"name": "a b"}, "name"),
+        ({"stop": {"training_iteration": -1}}, "stop.training_iteration"),
+        ({"base_config": {"clip_eps": 0}}, "base_config.clip_eps"),
+        ({"base_config": {"denoise_steps": 8.5}}, "base_config.denoise_steps"),
+        ({"checkpoint": {"frequency": -1}}, "checkpoint.frequency"),
+    ],
+)
+def test_invalid_setting_raises_naming_the_key(over, culprit):
+    with pytest.raises(ValueError, match=culprit.replace(".", r"\.")):
+        parse_sweep_spec(minimal(**over), FIELDS)
+
+
+def test_missing_name_and_scheduler_are_reported():
+    raw = minimal()
+    del raw["name"]
+    with pytest.raises(ValueError, match="name"):
+        parse_sweep_spec(raw, FIELDS)
+    raw = minimal()
+    del raw["scheduler"]
+    with pytest.raises(ValueError, match="scheduler"):
+        parse_sweep_spec(raw, FIELDS)
+
+
+def test_field_names_come_from_sepo_config():
+    fields = sweep.sepo_config_fields()
+    assert {"clip_eps", "kl_alpha", "snis_samples", "denoise_steps", "lr", "num_epochs"} <= fields
+    with pytest.raises(ValueError, match="search_space.not_a_field"):
+        parse_sweep_spec(minimal(search_space={"not_a_field": {"choice": [1, 2]}}))
+
+
+def test_yaml_reads_exponent_floats_and_refuses_duplicate_keys(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "name: t\nscheduler: {max_t: 10}\nsearch_space:\n  lr: {loguniform: [1e-5, 1e-3]}\n", encoding="utf-8"
+    )
+    spec = load_sweep_spec(good, FIELDS)
+    assert spec.search_space[0].args == (1e-5, 1e-3)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: t\nname: u\nscheduler: {max_t: 10}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="duplicate key 'name'"):
+        load_sweep_spec(dup, FIELDS)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_sweep_spec(tmp_path / "missing.yaml", FIELDS)
+
+
+def test_cli_reports_a_bad_file_and_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\nscheduler: {max_t: 10}\nsearch_space:\n  clip_eps: {uniform: [0.5, 0.1]}\n")
+    assert sweep.main([str(bad)]) == 2
+    assert "search_space.clip_eps" in capsys.readouterr().err
+
+
+def test_param_space_domains():
+    raw = minimal(
+        search_space={
+            "clip_eps": {"uniform": [0.1, 0.3]},
+            "kl_alpha": {"loguniform": [1.0e-3, 0.1]},
+            "snis_samples": {"grid": [0, 2, 4]},
+            "denoise_steps": {"choice": [8, 16]},
+            "num_epochs": {"randint": [1, 3]},
+        }
+    )
+    spec = parse_sweep_spec(raw, FIELDS)
+    assert spec.num_trials == 2 * 3
+    space = build_param_space(spec)
+    assert space["group_size"] == 4
+    assert space["snis_samples"] == {"grid_search": [0, 2, 4]}
+    assert isinstance(space["clip_eps"].get_sampler(), tune.search.sample.Float._Uniform)
+    assert isinstance(space["kl_alpha"].get_sampler(), tune.search.sample.Float._LogUniform)
+    assert space["denoise_steps"].categories == [8, 16]
+    # inclusive [1, 3] -> Tune's exclusive upper bound 4
+    assert (space["num_epochs"].lower, space["num_epochs"].upper) == (1, 4)
+
+
+# ---------------------------------------------------------------------------------------- sweep.json rows
+def _spec():
+    return parse_sweep_spec(
+        minimal(scheduler={"max_t": 10, "grace_period": 1}, stop={"training_iteration": 100}), FIELDS
+    )
+
+
+def _hist(n, dt, reward, heldout_every=0, heldout=lambda i: None):
+    rows = []
+    for i in range(1, n + 1):
+        row = {"training_iteration": i, "time_total_s": i * dt, "sepo/reward_mean": reward(i)}
+        if heldout_every and i % heldout_every == 0:
+            row["sepo/heldout_pred_activity"] = heldout(i)
+        elif heldout_every:
+            row["sepo/heldout_pred_activity"] = float("nan")  # how a dataframe fills the gaps
+        rows.append(row)
+    return rows
+
+
+def test_summaries_handle_sparse_heldout_and_early_stops(tmp_path):
+    spec = _spec()
+    records = [
+        # ran to max_t; held-out every 2nd iteration
+        {"trial_id": "a", "status": "TERMINATED", "config": {"clip_eps": 0.2},
+         "history": _hist(10, 1.0, lambda i: 0.1 * i, 2, lambda i: 1.0 + i / 10)},
+        # stopped by ASHA at 3 s with a (noisy) higher held-out value: finished trials are preferred
+        {"trial_id": "b", "status": "TERMINATED", "config": {"clip_eps": 0.1},
+         "history": _hist(3, 1.0, lambda i: 0.01 * i, 2, lambda i: 5.0)},
+        # never reported the held-out metric
+        {"trial_id": "c", "status": "TERMINATED", "config": {"clip_eps": 0.3},
+         "history": _hist(10, 1.0, lambda i: 0.5 * i)},
+        {"trial_id": "d", "status": "ERROR", "config": {"clip_eps": 0.25},
+         "history": _hist(2, 1.0, lambda i: 9.0), "error": "RuntimeError: boom"},
+        {"trial_id": "e", "status": "TERMINATED", "config": {"clip_eps": 0.15}, "history": []},
+    ]  # fmt: skip
+    rows = {r["trial_id"]: summarize_trial(r, spec) for r in records}
+    held = "sepo/heldout_pred_activity"
+    assert rows["a"]["metrics"][held] == {"last": 2.0, "best": 2.0, "num_reports": 5}
+    assert rows["a"]["metrics"]["sepo/reward_mean"]["last"] == pytest.approx(1.0)
+    assert not rows["a"]["stopped_early"]
+    assert rows["b"]["stopped_early"] and rows["b"]["metrics"][held]["last"] == 5.0
+    assert rows["c"]["metrics"][held] == {"last": None, "best": None, "num_reports": 0}
+    assert not rows["d"]["stopped_early"] and rows["d"]["error"] == "RuntimeError: boom"
+    assert not rows["e"]["stopped_early"]
+
+    report = sweep_report(spec, records, "/x/t")
+    assert report["num_trials"] == 5 and report["num_errored"] == 1 and report["num_stopped_early"] == 1
+    best = report["best"]
+    assert best["trial_id"] == "a" and best["selected_by"] == held and best["value"] == 2.0
+    assert best["config"] == {"clip_eps": 0.2}
+    assert best["sepo_config"] == {"group_size": 4, "clip_eps": 0.2}
+
+    path = write_sweep_json(tmp_path / "out" / "sweep.json", report)
+    loaded = json.loads(path.read_text())  # strict JSON: NaN became null
+    assert loaded == json.loads(json.dumps(report))
+    assert [t["trial_id"] for t in loaded["trials"]] == ["a", "b", "c", "d", "e"]
+    assert "a" in sweep.format_report(report)
+
+
+def test_best_falls_back_to_reward_when_nothing_reported_heldout():
+    spec = _spec()
+    records = [
+        {"trial_id": "a", "status": "TERMINATED", "config": {}, "history": _hist(10, 1.0, lambda i: 1.0)},
+        {"trial_id": "b", "status": "TERMINATED", "config": {}, "history": _hist(10, 1.0, lambda i: 2.0)},
+    ]
+    rows = [summarize_trial(r, spec) for r in records]
+    best = select_best(rows, spec)
+    assert best["trial_id"] == "b" and best["selected_by"] == "sepo/reward_mean"
+    assert select_best([], spec) is None
+
+
+# --------------------------------------------------------------------------------- a whole sweep (stand-in)
+class StandInSEPO(tune.Trainable):
+    """A trainable with SEPO's result layout: reward grows by clip_eps per iteration, held-out every 2nd.
+
+    An iteration costs ``step_cost_s``; with ``fail_marker`` set, the trial fails once at iteration 3 (the
+    marker file records it), so that a sweep stops part-way and resumes.
+    """
+
+    def setup(self, config):
+        self.reward = 0.0
+        self.clip = config["clip_eps"]
+        self.cost = config.get("step_cost_s", 0.02)
+        self.marker = config.get("fail_marker")
+
+    def step(self):
+        time.sleep(self.cost)
+        self.reward += self.clip
+        i = self.iteration + 1
+        if self.marker and i == 3 and not Path(self.marker).exists():
+            Path(self.marker).write_text("failed once")
+            raise RuntimeError("simulated lost worker")
+        out = {"sepo": {"reward_mean": self.reward, "kl": 0.01}}
+        if i % 2 == 0:
+            out["sepo"]["heldout_pred_activity"] = self.reward / 2
+        return out
+
+    def save_checkpoint(self, checkpoint_dir):
+        Path(checkpoint_dir, "state.json").write_text(json.dumps({"reward": self.reward}))
+
+    def load_checkpoint(self, checkpoint_dir):
+        self.reward = json.loads(Path(checkpoint_dir, "state.json").read_text())["reward"]
+
+
+def _stand_in_spec(**over):
+    raw = {
+        "name": "stand_in",
+        "scheduler": {"type": "asha", "time_attr": "time_total_s", "max_t": 0.8, "grace_period": 0.2,
+                      "reduction_factor": 2},
+        "num_samples": 1,
+        "max_concurrent_trials": 1,
+        "checkpoint": {"frequency": 0, "at_end": False},
+        "base_config": {"step_cost_s": 0.05},
+        "search_space": {"clip_eps": {"grid": [0.3, 0.1, 0.2, 0.05]}},
+    }  # fmt: skip
+    raw.update(over)
+    return parse_sweep_spec(raw, FIELDS)
+
+
+def test_sweep_runs_asha_on_time_and_writes_sweep_json(ray_session, tmp_path, capsys):
+    spec = _stand_in_spec()
+    report = run_sweep(spec, tmp_path / "out", trainable=StandInSEPO, verbose=1)
+    data = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert data == report
+    assert data["num_trials"] == 4 and data["num_terminated"] == 4
+    assert data["num_stopped_early"] >= 1  # 0.05 and 0.1 fall below the running median
+    assert data["best"]["config"] == {"clip_eps": 0.3}
+    assert data["best"]["selected_by"] == "sepo/heldout_pred_activity"
+    for row in data["trials"]:
+        assert row["metrics"]["time_total_s"] >= spec.scheduler.grace_period
+        assert row["stopped_early"] == (row["metrics"]["time_total_s"] < spec.scheduler.max_t)
+    out = capsys.readouterr().out
+    assert "Best config by sepo/heldout_pred_activity" in out and "clip_eps" in out
+    # a second run into the same directory must not silently mix two experiments
+    with pytest.raises(ValueError, match="--resume"):
+        run_sweep(spec, tmp_path / "out", trainable=StandInSEPO, verbose=0)
+
+
+def test_sweep_stopped_part_way_resumes(ray_session, tmp_path):
+    marker = tmp_path / "failed_once"
+    spec = _stand_in_spec(
+        name="resume",
+        checkpoint={"frequency": 2, "num_to_keep": 2, "at_end": True},
+        base_config={"step_cost_s": 0.03, "fail_marker": str(marker)},
+        search_space={"clip_eps": {"grid": [0.2, 0.3]}},
+        scheduler={"type": "asha", "max_t": 0.3, "grace_period": 0.3},
+    )
+    with pytest.raises(ValueError, match="no Tune experiment"):
+        run_sweep(spec, tmp_path / "out", resume=True, trainable=StandInSEPO, verbose=0)
+    first = run_sweep(spec, tmp_path / "out", trainable=StandInSEPO, verbose=0)
+    assert first["num_errored"] == 1 and marker.exists()
+    second = run_sweep(spec, tmp_path / "out", resume=True, trainable=StandInSEPO, verbose=0)
+    assert second["num_trials"] == 2 and second["num_terminated"] == 2 and second["num_errored"] == 0
+    resumed = [r for r in second["trials"] if r["trial_id"] in {t["trial_id"] for t in first["trials"]}]
+    assert len(resumed) == 2  # the same trials, continued rather than started anew
+
+
+# ------------------------------------------------------------------------------------- a whole SEPO sweep
+def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
+    if importlib.util.find_spec("sepo_ray.rllib") is None:
+        pytest.skip("sepo_ray.rllib is not available")
+    raw = copy.deepcopy(read_sweep_yaml(CPU_FILE))
+    raw.update(
+        name="cpu_tiny",
+        num_samples=4,
+        max_concurrent_trials=2,
+        time_budget_s=150,
+        checkpoint={"frequency": 0, "num_to_keep": 1, "at_end": False},
+        scheduler={"type": "asha", "time_attr": "time_total_s", "max_t": 8, "grace_period": 2,
+                   "reduction_factor": 2},
+    )  # fmt: skip
+    raw["base_config"].update(prompts_per_batch=2, group_size=2, heldout_eval_interval=2, heldout_samples=8)
+    raw["search_space"]["denoise_steps"] = {"choice": [4, 8]}
+    spec = parse_sweep_spec(raw)
+    report = run_sweep(spec, tmp_path / "out", verbose=1)
+    assert (tmp_path / "out" / "sweep.json").is_file()
+    assert report["num_trials"] == 4 and report["num_errored"] == 0, report["trials"]
+    assert report["best"] is not None
+    assert set(report["best"]["config"]) == set(spec.searched_fields)
