@@ -642,13 +642,6 @@ def progress_reporter(spec: SweepSpec) -> Any:
     )
 
 
-def progress_lines(spec: SweepSpec) -> Any:
-    """Tune's per-trial result lines, restricted to the table's metrics (an RLlib result is large)."""
-    from ray.tune.progress_reporter import TrialProgressCallback
-
-    return TrialProgressCallback(metric=spec.metric, progress_metrics=list(_shown_metrics(spec)))
-
-
 # --------------------------------------------------------------------------------------------------------
 # Results: one row per trial, the best config, sweep.json (pure)
 # --------------------------------------------------------------------------------------------------------
@@ -679,13 +672,28 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def asha_rungs(scheduler: SchedulerSpec) -> list[float]:
+    """The rung milestones of ASHA (all brackets): grace_period * rf^(k+s) below max_t, as Ray builds them."""
+    rungs = set()
+    rf, grace = scheduler.reduction_factor, scheduler.grace_period
+    for s in range(scheduler.brackets):
+        num_rungs = int(math.log(scheduler.max_t / grace) / math.log(rf) - s + 1)
+        rungs |= {grace * rf ** (k + s) for k in range(num_rungs)}
+    return sorted(r for r in rungs if r < scheduler.max_t)
+
+
+def _reached(value: Any, threshold: float) -> bool:
+    value = _finite(value)
+    return value is not None and value >= threshold
+
+
 def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
     """One sweep.json row from a trial record.
 
     ``record``: {"trial_id", "status", "config" (searched values), "history" (list of flat result dicts,
     "/"-joined keys, one per reported iteration), "error" (str or None)}. A metric that some iterations
-    do not report (the held-out eval) is summarised over the iterations that do; ``stopped_early`` is a
-    TERMINATED trial that reached neither ``max_t`` nor a ``stop`` threshold (the scheduler ended it).
+    do not report (the held-out eval) is summarised over the iterations that do; ``stopped_early`` marks a
+    TERMINATED trial that ASHA ended at a rung, before ``max_t`` and any ``stop`` threshold.
     """
     history = list(record.get("history") or [])
     last = history[-1] if history else {}
@@ -703,12 +711,16 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
 
     status = str(record.get("status") or "UNKNOWN")
     clock = _finite(last.get(spec.scheduler.time_attr))
+    before = _finite(history[-2].get(spec.scheduler.time_attr)) if len(history) > 1 else 0.0
     reached_max_t = clock is not None and clock >= spec.scheduler.max_t
-    reached_stop = any((_finite(last.get(k)) or -math.inf) >= v for k, v in spec.stop.items())
+    reached_stop = any(_reached(last.get(k), v) for k, v in spec.stop.items())
+    # ASHA decides only on the first result at or past a rung: a trial whose last result crossed one
+    # without reaching max_t or a stop threshold was stopped by the scheduler.
+    crossed_rung = clock is not None and any((before or 0.0) < r <= clock for r in asha_rungs(spec.scheduler))
     return {
         "trial_id": str(record.get("trial_id")),
         "status": status,
-        "stopped_early": status == "TERMINATED" and bool(history) and not (reached_max_t or reached_stop),
+        "stopped_early": status == "TERMINATED" and crossed_rung and not (reached_max_t or reached_stop),
         "config": _jsonable(dict(record.get("config") or {})),
         "metrics": _jsonable(metrics),
         "error": record.get("error"),
@@ -910,12 +922,13 @@ def run_sweep(
     trainable: Any = None,
     config_cls: type | None = None,
     address: str | None = None,
-    verbose: int = 2,
+    verbose: int = 1,
 ) -> dict:
     """Run (or with ``resume`` continue) the sweep; write ``output/sweep.json``; return its content.
 
     ``trainable`` defaults to ``sepo_ray.rllib.SEPO`` with ``config_cls`` SEPOConfig; Tune's experiment
-    lives in ``storage_path/<name>`` (``storage_path`` defaults to ``output``).
+    lives in ``storage_path/<name>`` (``storage_path`` defaults to ``output``). ``verbose``: 0 silent, 1 Tune's
+    status table (every 15 s), 2 also a line per trial result.
     """
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
@@ -976,7 +989,6 @@ def run_sweep(
                     ),
                     failure_config=FailureConfig(max_failures=spec.max_failures),
                     progress_reporter=progress_reporter(spec),
-                    callbacks=[progress_lines(spec)],
                     verbose=verbose,
                 ),
             )

@@ -28,7 +28,9 @@ def ray_session():
                     "RAY_AUTH_MODE": "disabled",
                     "RAY_USAGE_STATS_ENABLED": "0",
                     # so that reward actors can import test-only rewards (tests.rewards_for_tests)
-                    "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+                    "PYTHONPATH": os.pathsep.join(
+                        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+                    ),
                 }
             },
         )

@@ -19,13 +19,7 @@ def toy_config(**overrides):
     kw = {**TOY, **overrides}
     lr = kw.pop("lr", 3e-3)
     runners = kw.pop("num_env_runners", 0)
-    return (
-        SEPOConfig()
-        .sepo(**kw)
-        .training(lr=lr)
-        .env_runners(num_env_runners=runners)
-        .debugging(seed=0)
-    )
+    return SEPOConfig().sepo(**kw).training(lr=lr).env_runners(num_env_runners=runners).debugging(seed=0)
 
 
 def weights(algo) -> dict[str, torch.Tensor]:

@@ -439,3 +439,24 @@ def test_toy_pi_uses_the_sampler_step():
     assert torch.allclose(pi.detach(), total, atol=1e-12)
     lr = toy.log_ratio(pi.log(), toy.clean[:2], toy.clean[2:4])
     assert torch.allclose(lr, pi.log()[2:4] - pi.log()[:2])
+
+
+def test_shared_snis_sites_give_common_random_numbers():
+    from sepo_ray.sepo import draw_snis_sites, log_pi_hat, ratio
+
+    torch.manual_seed(0)
+    model = ToyDenoiser(num_tokens=3, length=4)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 3, (5, 4), generator=g)
+    positions, _ = sample_positions(5, 4, 2, generator=g)
+    sites = draw_snis_sites(positions, 3, 4, 4, generator=g)
+    assert sites.shape == (5, 2, 2, 4) and int(sites.min()) >= 0 and int(sites.max()) < 4
+    old = log_pi_hat(model, x, positions, 4, "conditional", generator=torch.Generator().manual_seed(2), sites=sites)
+    new = log_pi_hat(model, x, positions, 4, "conditional", generator=torch.Generator().manual_seed(3), sites=sites)
+    assert torch.equal(old, new)  # same sites: the conditional SNIS estimate no longer depends on the noise
+    fresh = log_pi_hat(model, x, positions, 4, "conditional", generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(old, fresh)
+    scores = torch.zeros_like(old)
+    assert torch.allclose(ratio(scores, scores, new, old), torch.ones_like(old))  # r = 1 at theta = theta_old
+    with pytest.raises(ValueError, match="sites"):
+        log_pi_hat(model, x, positions, 4, "conditional", sites=sites[..., :3])

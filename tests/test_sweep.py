@@ -231,9 +231,9 @@ def test_summaries_handle_sparse_heldout_and_early_stops(tmp_path):
         # ran to max_t; held-out every 2nd iteration
         {"trial_id": "a", "status": "TERMINATED", "config": {"clip_eps": 0.2},
          "history": _hist(10, 1.0, lambda i: 0.1 * i, 2, lambda i: 1.0 + i / 10)},
-        # stopped by ASHA at 3 s with a (noisy) higher held-out value: finished trials are preferred
+        # stopped by ASHA at its 4 s rung with a (noisy) higher held-out value: finished trials are preferred
         {"trial_id": "b", "status": "TERMINATED", "config": {"clip_eps": 0.1},
-         "history": _hist(3, 1.0, lambda i: 0.01 * i, 2, lambda i: 5.0)},
+         "history": _hist(4, 1.0, lambda i: 0.01 * i, 2, lambda i: 5.0)},
         # never reported the held-out metric
         {"trial_id": "c", "status": "TERMINATED", "config": {"clip_eps": 0.3},
          "history": _hist(10, 1.0, lambda i: 0.5 * i)},

@@ -9,6 +9,8 @@ rollout workers and the ratio stays right under stale weights):
 - ``positions`` (N, K): the Hamming-1 positions subsampled for the loss;
 - ``old_log_scores`` (N, K, m): log s_theta_old(x)_y for those neighbours y;
 - ``old_log_pi_hat`` (N, K, m): log pi_hat_theta_old(y) (SNIS with M samples, or single-sample pi);
+- ``snis_sites`` (N, K, m-1, M): the SNIS re-mask sites, reused by the learner for pi_hat_theta(y) (common
+  random numbers: the ratio is exactly 1 at theta = theta_old instead of SNIS noise tripping the clip);
 - ``kl_states`` (N, S, L) and ``kl_steps`` (N, S): states of the sampler path for the App. D.2 KL;
 - ``group_id`` (N,): GRPO group of each sequence (G consecutive sub-environments share one);
 - ``sample_log_prob`` (N,): log-probability of the sampler's own path (for trajectory baselines).
@@ -27,6 +29,7 @@ EXTRA_KEYS = (
     "positions",
     "old_log_scores",
     "old_log_pi_hat",
+    "snis_sites",
     "kl_states",
     "kl_steps",
     "group_id",
@@ -70,8 +73,16 @@ class SEPOTorchRLModule(TorchRLModule):
             num, self.task.length, s["neighbour_positions"], generator=g
         )  # (N, K)
         old_log_scores = sepo.log_scores(self.denoiser, x, positions, s["score_estimator"])  # (N, K, m)
+        m, snis = self.task.num_tokens, int(s["snis_samples"])
+        sites = sepo.draw_snis_sites(positions, m, snis, self.task.length, generator=g)  # (N, K, m-1, M)
         old_log_pi_hat = sepo.log_pi_hat(
-            self.denoiser, x, positions, int(s["snis_samples"]), s["score_estimator"], generator=g
+            self.denoiser,
+            x,
+            positions,
+            snis,
+            s["score_estimator"],
+            generator=g,
+            sites=sites if snis else None,
         )  # (N, K, m)
         group = int(s["group_size"])
         base = int(torch.randint(0, 2**40, (1,), generator=g)) * 4096
@@ -80,6 +91,7 @@ class SEPOTorchRLModule(TorchRLModule):
             "positions": positions,
             "old_log_scores": old_log_scores.float(),
             "old_log_pi_hat": old_log_pi_hat.float(),
+            "snis_sites": sites.to(torch.int16),  # (N, K, m-1, M): shared with the learner's pi_hat_theta
             "kl_states": out.states.to(torch.int8),  # (N, S, L)
             "kl_steps": kl_steps.expand(num, -1).clone(),  # (N, S)
             "group_id": base + torch.arange(num) // group,  # (N,)

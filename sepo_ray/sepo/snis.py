@@ -100,6 +100,7 @@ def snis_terms(
     estimator: str = "conditional",
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    sites: Tensor | None = None,
 ) -> SNISTerms:
     """Draw the SNIS samples for every neighbour y of x at the selected positions and return their terms.
 
@@ -109,6 +110,9 @@ def snis_terms(
     others: (B, K, m-1)).
     Cost: B K (m-1) M masked forwards (+ as many clean forwards for estimator "clean"), in one batched call
     each (chunked by batch_size).
+    sites: optional (B, K, m-1, M) long re-mask sites to use instead of fresh draws (common random numbers:
+    the learner re-estimates pi_hat_theta(y) at the sites the rollout used for pi_hat_theta_old(y), so the
+    ratio pi_hat_theta / pi_hat_theta_old is exactly 1 at theta = theta_old).
     """
     _check_estimator(estimator)
     _check_positions(x, positions)
@@ -125,7 +129,12 @@ def snis_terms(
         -1, positions.view(batch, k, 1, 1).expand(batch, k, j, 1), others.unsqueeze(-1)
     )  # (B, K, J, L)
     shape = (batch, k, j, num_samples)
-    sites = torch.randint(0, length, shape, generator=generator, device=x.device)  # (B, K, J, M)
+    if sites is None:
+        sites = torch.randint(0, length, shape, generator=generator, device=x.device)  # (B, K, J, M)
+    elif tuple(sites.shape) != shape:
+        raise ValueError(f"sites must have shape {shape} (B, K, m-1, M), got {tuple(sites.shape)}")
+    else:
+        sites = sites.to(device=x.device, dtype=torch.long)  # (B, K, J, M)
     y_rep = y.unsqueeze(3).expand(*shape, length)  # (B, K, J, M, L)
     y_masked = y_rep.scatter(-1, sites.unsqueeze(-1), mask_id)  # (B, K, J, M, L)  y^(l')
     n = batch * k * j * num_samples
@@ -158,13 +167,14 @@ def snis_log_pi(
     estimator: str = "conditional",
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    sites: Tensor | None = None,
 ) -> Tensor:
     """SNIS log pi_hat_theta(y) for all neighbours y of x at the positions: (B, L), (B, K) -> (B, K, m).
 
     See the module docstring for the kernel, the weights and the limit pi(y) / [pi(y) + pi(N(y)) / L].
     Entries at v = x_l are 0 (excluded by `neighbour_mask`). No grad.
     """
-    terms = snis_terms(model, x, positions, num_samples, estimator, generator, batch_size)
+    terms = snis_terms(model, x, positions, num_samples, estimator, generator, batch_size, sites)
     log_pi = snis_log_pi_hat(
         terms.log_q_y_given_z, terms.log_ratio_z_over_y, terms.log_q_z_given_y
     )  # (B, K, m-1)
@@ -201,10 +211,27 @@ def log_pi_hat(
     estimator: str = "conditional",
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    sites: Tensor | None = None,
 ) -> Tensor:
-    """Dispatch: num_samples = 0 -> `single_sample_log_pi`, M >= 1 -> `snis_log_pi`. -> (B, K, m), no grad."""
+    """Dispatch: num_samples = 0 -> `single_sample_log_pi`, M >= 1 -> `snis_log_pi`. -> (B, K, m), no grad.
+
+    sites: optional (B, K, m-1, M) SNIS re-mask sites (see `snis_terms`), e.g. from `draw_snis_sites`.
+    """
     if num_samples < 0:
         raise ValueError(f"num_samples (M) must be >= 0 (0 = no SNIS), got {num_samples}")
     if num_samples == 0:
         return single_sample_log_pi(model, x, positions, estimator, batch_size)
-    return snis_log_pi(model, x, positions, num_samples, estimator, generator, batch_size)
+    return snis_log_pi(model, x, positions, num_samples, estimator, generator, batch_size, sites)
+
+
+def draw_snis_sites(
+    positions: Tensor,
+    num_tokens: int,
+    num_samples: int,
+    length: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Uniform SNIS re-mask sites l'_i for every neighbour: positions (B, K) -> (B, K, m-1, M) long."""
+    batch, k = positions.shape
+    shape = (batch, k, num_tokens - 1, max(num_samples, 0))
+    return torch.randint(0, length, shape, generator=generator, device=positions.device)  # (B, K, m-1, M)
