@@ -49,7 +49,9 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
-def kmer3_corr(sequences: Sequence[str] | Tensor, reference: np.ndarray | Sequence[str] | Tensor | None = None) -> float:
+def kmer3_corr(
+    sequences: Sequence[str] | Tensor, reference: np.ndarray | Sequence[str] | Tensor | None = None
+) -> float:
     """Pearson of pooled 3-mer frequencies (64,) of ``sequences`` vs ``reference`` (a 64-vector or sequences).
 
     Default reference: real HepG2-specific DHS outside the test chromosome.
@@ -155,7 +157,9 @@ class DNAScorer:
             return np.full(len(x), np.nan)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out = [
-            elbo(self.generator, x[i : i + self.batch_size].to(self.device), self.elbo_steps, generator=gen).cpu()
+            elbo(
+                self.generator, x[i : i + self.batch_size].to(self.device), self.elbo_steps, generator=gen
+            ).cpu()
             for i in range(0, len(x), self.batch_size)
         ]
         return torch.cat(out).double().numpy() if out else np.zeros(0)

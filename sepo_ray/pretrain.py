@@ -34,7 +34,13 @@ from torch import Tensor, nn
 from .data import HEPG2, SEQ_LEN, load_dhs, reverse_complement, split_tensors
 from .data.dhs import SPLITS, DHSData, sha256_file
 from .data.sequences import dinucleotide_shuffle_batch
-from .models import DilatedCNNClassifier, DNAConvDenoiser, KmerMLPClassifier, save_model, strand_averaged_logits
+from .models import (
+    DilatedCNNClassifier,
+    DNAConvDenoiser,
+    KmerMLPClassifier,
+    save_model,
+    strand_averaged_logits,
+)
 
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts" / "dna"
 MODEL_NAMES = ("generator", "ft_oracle", "eval_oracle", "accessibility")
@@ -245,7 +251,9 @@ def train_generator(
 
 
 @torch.no_grad()
-def continuous_nelbo_bits(model: nn.Module, x: Tensor, process, draws: int, seed: int, batch: int = 250) -> float:
+def continuous_nelbo_bits(
+    model: nn.Module, x: Tensor, process, draws: int, seed: int, batch: int = 250
+) -> float:
     """Mean continuous-time MDLM NELBO in bits per base: ``draws`` antithetic times per sequence. x (N, L)."""
     gen = torch.Generator().manual_seed(seed)
     from .diffusion import mdlm_loss
@@ -400,7 +408,10 @@ def oracle_agreement(data: DHSData, directory: Path) -> dict:
 
     from .models import load_model
 
-    ft, ev = load_model(directory / "ft_oracle.safetensors"), load_model(directory / "eval_oracle.safetensors")
+    ft, ev = (
+        load_model(directory / "ft_oracle.safetensors"),
+        load_model(directory / "eval_oracle.safetensors"),
+    )
     out = {}
     for split in ("validation", "test"):
         x, _ = split_tensors(data, split)
@@ -415,8 +426,12 @@ def oracle_agreement(data: DHSData, directory: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sepo_ray.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=["dna"], help="which task's models to train")
-    parser.add_argument("--only", choices=MODEL_NAMES, action="append", help="train only this model (repeatable)")
-    parser.add_argument("--output", type=Path, default=ARTIFACT_DIR, help=f"output directory ({ARTIFACT_DIR})")
+    parser.add_argument(
+        "--only", choices=MODEL_NAMES, action="append", help="train only this model (repeatable)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=ARTIFACT_DIR, help=f"output directory ({ARTIFACT_DIR})"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (default 1: fastest on a busy machine)"
     )

@@ -204,3 +204,16 @@ def test_mdlm_loss_decreases_when_model_fits_data():
     # entropy of the target bounds the (continuous-time) NELBO from below, up to MC error
     entropy = -(target[target > 0] * target[target > 0].log()).sum().item()
     assert after.mean().item() > entropy - 0.1
+
+
+def test_path_ops_match_the_sampler():
+    from sepo_ray.diffusion import path_ops, sample
+
+    torch.manual_seed(0)
+    model = ToyDenoiser(num_tokens=3, length=4)
+    for corr in (0, 2):
+        out = sample(
+            model, 3, 4, 5, corrector_steps=corr, record_path=True, generator=torch.Generator().manual_seed(0)
+        )
+        assert out.path.ops == path_ops(5, corr)
+        assert len(path_ops(5, corr)) == 5 * (1 + 2 * corr)

@@ -87,6 +87,28 @@ def test_smoke_loss_finite_params_move_reward_rises(ray_session):
         algo.stop()
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(objective="trajectory"),
+        dict(corrector_steps=1),
+        dict(snis_samples=0, score_estimator="clean", neighbour_positions=None),
+        dict(advantage="ppo"),
+    ],
+    ids=["trajectory-baseline", "gradient-flow", "clean-noSNIS-allpositions", "ppo-advantage"],
+)
+def test_variants_train(ray_session, variant):
+    algo = toy_config(**variant).build_algo()
+    try:
+        before = weights(algo)
+        res = [algo.train() for _ in range(2)]
+        learner = res[-1]["learners"]["default_policy"]
+        assert np.isfinite(learner["total_loss"]) and np.isfinite(res[-1]["sepo"]["reward_mean"])
+        assert any(not torch.equal(v, weights(algo)[k]) for k, v in before.items())
+    finally:
+        algo.stop()
+
+
 def test_kl_term_is_reported_and_positive_after_updates(ray_session):
     algo = toy_config(kl_alpha=0.5).build_algo()
     try:

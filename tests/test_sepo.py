@@ -451,8 +451,12 @@ def test_shared_snis_sites_give_common_random_numbers():
     positions, _ = sample_positions(5, 4, 2, generator=g)
     sites = draw_snis_sites(positions, 3, 4, 4, generator=g)
     assert sites.shape == (5, 2, 2, 4) and int(sites.min()) >= 0 and int(sites.max()) < 4
-    old = log_pi_hat(model, x, positions, 4, "conditional", generator=torch.Generator().manual_seed(2), sites=sites)
-    new = log_pi_hat(model, x, positions, 4, "conditional", generator=torch.Generator().manual_seed(3), sites=sites)
+    old = log_pi_hat(
+        model, x, positions, 4, "conditional", generator=torch.Generator().manual_seed(2), sites=sites
+    )
+    new = log_pi_hat(
+        model, x, positions, 4, "conditional", generator=torch.Generator().manual_seed(3), sites=sites
+    )
     assert torch.equal(old, new)  # same sites: the conditional SNIS estimate no longer depends on the noise
     fresh = log_pi_hat(model, x, positions, 4, "conditional", generator=torch.Generator().manual_seed(3))
     assert not torch.equal(old, fresh)
@@ -460,3 +464,27 @@ def test_shared_snis_sites_give_common_random_numbers():
     assert torch.allclose(ratio(scores, scores, new, old), torch.ones_like(old))  # r = 1 at theta = theta_old
     with pytest.raises(ValueError, match="sites"):
         log_pi_hat(model, x, positions, 4, "conditional", sites=sites[..., :3])
+
+
+def test_trajectory_pg_loss_is_reinforce_on_policy_and_clips():
+    from sepo_ray.sepo import trajectory_pg_loss
+
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.1]], requires_grad=True)
+    adv = torch.tensor([1.0, -2.0])
+    loss, stats = trajectory_pg_loss(logp, logp.detach(), adv, 0.2)
+    loss.backward()
+    # on-policy: r = 1, d loss / d logp_{x,k} = -A(x) / (B * P)
+    assert torch.allclose(logp.grad, -adv.unsqueeze(1).expand(2, 2) / 4)
+    assert stats["clip_frac"] == 0.0
+    far = torch.tensor([[0.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    old = torch.tensor([[-1.0, 1.0], [-1.0, 1.0]])  # r = e (> 1 + eps) and 1/e (< 1 - eps)
+    loss, stats = trajectory_pg_loss(far, old, torch.tensor([1.0, -1.0]), 0.2)
+    loss.backward()
+    # A > 0, r = e: clipped branch taken (no gradient); A > 0, r = 1/e: unclipped (gradient -r A / 4)
+    # A < 0, r = e: unclipped (gradient -r A / 4); A < 0, r = 1/e: clipped (no gradient)
+    e = math.e
+    expected = torch.tensor([[0.0, -(1 / e) / 4], [e / 4, 0.0]])
+    assert torch.allclose(far.grad, expected)
+    assert stats["clip_frac"] == 1.0
+    with pytest.raises(ValueError, match="advantages"):
+        trajectory_pg_loss(logp, logp.detach(), adv[:1], 0.2)

@@ -75,6 +75,22 @@ class Sample:
     path: Path | None = None
 
 
+def path_ops(
+    steps: int, corrector_steps: int = 0, corrector_dt: float | None = None
+) -> list[tuple[str, float, float]]:
+    """The transitions `sample` makes, in order: ("reverse", t_k, t_{k-1}) for k = T..1, each followed by
+    `corrector_steps` pairs ("remask", s, min(s + dt, 1)), ("reverse", min(s + dt, 1), s) with s = t_{k-1}.
+    With a recorded `Path.states`, this is all `score_path` needs to re-score a trajectory."""
+    dt = 1.0 / steps if corrector_dt is None else float(corrector_dt)
+    ops: list[tuple[str, float, float]] = []
+    for k in range(steps, 0, -1):
+        t, s = k / steps, (k - 1) / steps
+        ops.append(("reverse", t, s))
+        u = min(s + dt, 1.0)
+        ops += [("remask", s, u), ("reverse", u, s)] * corrector_steps
+    return ops
+
+
 def time_grid(steps: int) -> Tensor:
     """t_k = k / T for k = T, ..., 0: (T + 1,) float64, decreasing from 1 to 0."""
     if steps < 1:

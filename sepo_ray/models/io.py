@@ -58,3 +58,55 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     model = build_model(meta["class"], json.loads(meta["config"]))
     model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
     return model.to(device).eval()
+
+
+PRETRAINED = {"pretrained": "generator", "dna": "generator"}
+
+
+def load_denoiser(name_or_path: str | Path = "pretrained", device: str | torch.device = "cpu") -> nn.Module:
+    """Load a DNA denoiser (protocol: ``model(z (B, L)) -> logits (B, L, m)``, ``model.num_tokens``), eval mode.
+
+    ``name_or_path``:
+      - ``"pretrained"`` (or ``"dna"``): the shipped generator ``sepo_ray/artifacts/dna/generator.safetensors``;
+      - a ``.safetensors`` file written by :func:`save_model` (class and config in its header);
+      - a ``.safetensors`` file holding DRAKES backbone weights (keys ``linear.weight``, ``convs.0.weight``, ...,
+        optionally prefixed ``backbone.``), see :func:`~sepo_ray.models.dnaconv.from_drakes_state_dict`;
+      - a directory holding exactly one ``*.safetensors`` file (or one named generator/denoiser/model).
+    """
+    from .dnaconv import from_drakes_state_dict
+
+    if str(name_or_path) in PRETRAINED:
+        path = (
+            Path(__file__).resolve().parent.parent
+            / "artifacts"
+            / "dna"
+            / f"{PRETRAINED[str(name_or_path)]}.safetensors"
+        )
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing; rebuild it with: python -m sepo_ray.pretrain dna --only generator"
+            )
+    else:
+        path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        named = [f for f in files if f.stem in ("generator", "denoiser", "model")]
+        if len(named) == 1 or len(files) == 1:
+            path = (named or files)[0]
+        else:
+            raise ValueError(
+                f"name_or_path: directory {path} holds {len(files)} .safetensors files "
+                f"({[f.name for f in files]}); pass the generator's file"
+            )
+    if not path.is_file():
+        raise ValueError(
+            f"name_or_path must be 'pretrained', a .safetensors file or a directory, got {name_or_path!r}"
+        )
+    meta = read_metadata(path)
+    if "class" in meta:
+        model = load_model(path, device)
+    else:
+        model = from_drakes_state_dict(load_file(str(path), device="cpu")).to(device).eval()
+    if not hasattr(model, "num_tokens"):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a denoiser (no num_tokens attribute)")
+    return model

@@ -32,7 +32,9 @@ def artifact_path(name: str) -> Path:
     """Path of a shipped DNA artifact (``generator``, ``ft_oracle``, ``eval_oracle``, ``accessibility``)."""
     path = ARTIFACT_DIR / f"{name}.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; rebuild it with: python -m sepo_ray.pretrain dna --only {name}")
+        raise FileNotFoundError(
+            f"{path} is missing; rebuild it with: python -m sepo_ray.pretrain dna --only {name}"
+        )
     return path
 
 
@@ -94,7 +96,9 @@ class ClassifierOracle(SequenceOracle):
         return logits[:, HEPG2] - torch.logsumexp(others, dim=1)  # (B,) HepG2 log-odds
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, output={self.output!r}, device={str(self.device)!r})"
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, output={self.output!r}, device={str(self.device)!r})"
+        )
 
 
 class FTOracle(ClassifierOracle):

@@ -14,7 +14,7 @@ sequence has about 2 * 192 * 1e-4 = 0.04 chance hits per motif.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ LIVER_MOTIFS: dict[str, str] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def jaspar_counts(matrix_id: str, release: str = JASPAR_RELEASE) -> np.ndarray:
     """Count matrix (w, 4) in ACGT order of a versioned JASPAR matrix id, from pyjaspar's bundled SQLite."""
     try:

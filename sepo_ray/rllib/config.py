@@ -19,6 +19,10 @@ SEPO_FIELDS: dict[str, tuple[object, str]] = {
     "task": ("dna", "task name from sepo_ray.tasks (sequence length, alphabet, generator, default reward)"),
     "generator": (None, "generator weights (safetensors path); None = the task's pretrained generator"),
     "reward": (None, "reward spec ('module:function' or a registered oracle name); None = task default"),
+    "objective": (
+        "sepo",
+        "'sepo' (score-entropy loss) or 'trajectory' (DDPO/d1-style baseline on path log-probs)",
+    ),
     "clip_eps": (0.2, "PPO clip range epsilon of the ratio r_{x,y} (App. B)"),
     "kl_alpha": (0.05, "weight alpha of KL(pi_theta || pi_pretrained) (App. D.2); 0 disables it"),
     "zero_clipped": (
@@ -45,6 +49,7 @@ SEPO_FIELDS: dict[str, tuple[object, str]] = {
 _CHOICES = {
     "score_estimator": ("clean", "conditional"),
     "advantage": ("grpo", "ppo"),
+    "objective": ("sepo", "trajectory"),
 }
 
 

@@ -16,7 +16,7 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
-from sepo_ray import sepo
+from sepo_ray import diffusion, sepo
 
 ADVANTAGES = "advantages"
 
@@ -60,22 +60,24 @@ class SEPOTorchLearner(TorchLearner):
             self._reference[module_id] = ref
         return self._reference[module_id]
 
-    def compute_loss_for_module(
-        self, *, module_id: str, config, batch: dict[str, Any], fwd_out
-    ) -> torch.Tensor:
-        module = self.module[module_id].unwrapped()
+    def _sepo_loss(self, module, batch):
+        """SEPO, Remark 3.1 / App. B, with the clipped ratio r_{x,y} and weights pi_hat_theta(y)."""
         s = module.settings
         x = batch[Columns.ACTIONS].long()  # (N, L)
         positions = batch["positions"].long()  # (N, K)
         log_score = sepo.log_scores(module.denoiser, x, positions, s["score_estimator"])  # (N, K, m), grad
         with torch.no_grad():
+            snis = int(s["snis_samples"])
             log_pi_hat = sepo.log_pi_hat(
                 module.denoiser,
                 x,
                 positions,
-                int(s["snis_samples"]),
+                snis,
                 s["score_estimator"],
                 generator=self._noise,
+                sites=batch["snis_sites"].long()
+                if snis
+                else None,  # the rollout's sites: common random numbers
             )  # (N, K, m)
             r = sepo.ratio(log_score.detach(), batch["old_log_scores"], log_pi_hat, batch["old_log_pi_hat"])
             # GRPO (App. B.2) = PPO's coefficient with group-standardised advantages, averaged over the group;
@@ -92,6 +94,27 @@ class SEPOTorchLearner(TorchLearner):
         loss, stats = sepo.sepo_loss(
             log_score, coefficients, mask, position_weight=length / k, ratio=r, clip_eps=float(s["clip_eps"])
         )
+        return loss, stats
+
+    def _trajectory_loss(self, module, batch):
+        """Baseline: PPO-clipped REINFORCE on the sampler's own per-step log-probabilities (DDPO / d1)."""
+        s = module.settings
+        ops = diffusion.path_ops(int(s["denoise_steps"]), int(s["corrector_steps"]))
+        path = diffusion.Path(batch["path_states"].long(), ops)  # (N, P + 1, L)
+        step_log_prob = diffusion.score_path(module.denoiser, path, module.schedule, reduce=False)  # (N, P)
+        return sepo.trajectory_pg_loss(
+            step_log_prob, batch["old_step_log_prob"], batch[ADVANTAGES], float(s["clip_eps"])
+        )
+
+    def compute_loss_for_module(
+        self, *, module_id: str, config, batch: dict[str, Any], fwd_out
+    ) -> torch.Tensor:
+        module = self.module[module_id].unwrapped()
+        s = module.settings
+        if s["objective"] == "trajectory":
+            loss, stats = self._trajectory_loss(module, batch)
+        else:
+            loss, stats = self._sepo_loss(module, batch)
         total = loss
         kl = torch.zeros((), device=loss.device)
         if float(s["kl_alpha"]) > 0:

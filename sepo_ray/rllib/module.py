@@ -13,7 +13,9 @@ rollout workers and the ratio stays right under stale weights):
   random numbers: the ratio is exactly 1 at theta = theta_old instead of SNIS noise tripping the clip);
 - ``kl_states`` (N, S, L) and ``kl_steps`` (N, S): states of the sampler path for the App. D.2 KL;
 - ``group_id`` (N,): GRPO group of each sequence (G consecutive sub-environments share one);
-- ``sample_log_prob`` (N,): log-probability of the sampler's own path (for trajectory baselines).
+- ``sample_log_prob`` (N,): log-probability of the sampler's own path;
+- with ``objective="trajectory"`` (the DDPO / d1-style baseline): ``path_states`` (N, P+1, L) and
+  ``old_step_log_prob`` (N, P), the recorded path and its per-transition log-probabilities.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class SEPOTorchRLModule(TorchRLModule):
             corrector_steps=int(s["corrector_steps"]),
             generator=g,
             record_states_at=kl_steps,
+            record_path=s["objective"] == "trajectory",
         )
         x = out.x  # (N, L)
         positions, _ = sepo.sample_positions(
@@ -86,7 +89,14 @@ class SEPOTorchRLModule(TorchRLModule):
         )  # (N, K, m)
         group = int(s["group_size"])
         base = int(torch.randint(0, 2**40, (1,), generator=g)) * 4096
+        extra = {}
+        if s["objective"] == "trajectory":  # baseline: keep the whole path and its per-step log-probs
+            extra["path_states"] = out.path.states.to(torch.int8)  # (N, P + 1, L)
+            extra["old_step_log_prob"] = diffusion.score_path(
+                self.denoiser, out.path, self.schedule, reduce=False
+            ).float()
         return {
+            **extra,
             Columns.ACTIONS: x,
             "positions": positions,
             "old_log_scores": old_log_scores.float(),

@@ -5,7 +5,7 @@ Pure torch/numpy; no Ray.
 
 from .advantages import group_advantages, leave_one_out_advantages, ppo_advantages
 from .kl import kl_masked_path, kl_to_reference
-from .loss import grpo, grpo_coefficients, ppo_coefficients, ratio, sepo_loss
+from .loss import grpo, grpo_coefficients, ppo_coefficients, ratio, sepo_loss, trajectory_pg_loss
 from .neighbours import neighbour_mask, neighbours, other_tokens, sample_positions
 from .scores import ESTIMATORS, log_scores, log_scores_from_site_log_probs, site_log_probs
 from .snis import SNISTerms, draw_snis_sites, log_pi_hat, single_sample_log_pi, snis_log_pi, snis_log_pi_hat, snis_terms
@@ -31,6 +31,7 @@ __all__ = [
     "ratio",
     "sample_positions",
     "sepo_loss",
+    "trajectory_pg_loss",
     "single_sample_log_pi",
     "site_log_probs",
     "snis_log_pi",

@@ -154,3 +154,43 @@ def sepo_loss(
             if clip_eps is not None:
                 stats["clip_frac"] = float(((r - 1.0).abs() > clip_eps).double().mean()) if r.numel() else 0.0
     return loss, stats
+
+
+def trajectory_pg_loss(
+    step_log_prob: Tensor, old_step_log_prob: Tensor, advantages: Tensor, clip_eps: float
+) -> tuple[Tensor, dict]:
+    """Trajectory-likelihood policy gradient (the DDPO / d1-style baseline), clipped per sampler step:
+
+        r_{x,k} = exp(log p_theta(z_{k-1} | z_k) - log p_old(z_{k-1} | z_k))
+        loss = - mean_{x,k} min(r_{x,k} A(x), clip(r_{x,k}, 1-eps, 1+eps) A(x))
+
+    step_log_prob (B, P) with grad (from `diffusion.score_path(..., reduce=False)` on the recorded path),
+    old_step_log_prob (B, P) recorded at sampling time, advantages (B,). On-policy its gradient is
+    -mean_k grad log p_k * A, i.e. REINFORCE on the sampler's own path (a 1/P-scaled grad E[R]).
+    Returns (loss scalar, stats dict of detached floats).
+    """
+    if step_log_prob.dim() != 2:
+        raise ValueError(f"step_log_prob must have shape (B, P), got {tuple(step_log_prob.shape)}")
+    if old_step_log_prob.shape != step_log_prob.shape:
+        raise ValueError(
+            f"old_step_log_prob must have shape {tuple(step_log_prob.shape)}, got {tuple(old_step_log_prob.shape)}"
+        )
+    if advantages.shape != step_log_prob.shape[:1]:
+        raise ValueError(
+            f"advantages must have shape ({step_log_prob.shape[0]},), got {tuple(advantages.shape)}"
+        )
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    log_r = step_log_prob - old_step_log_prob.to(step_log_prob.dtype)  # (B, P)
+    r = torch.exp(log_r)  # (B, P), carries the gradient
+    a = advantages.to(step_log_prob.dtype).unsqueeze(1)  # (B, 1)
+    surrogate = torch.minimum(r * a, r.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a)  # (B, P)
+    loss = -surrogate.mean()
+    with torch.no_grad():
+        stats = {
+            "loss": float(loss),
+            "ratio_mean": float(r.mean()),
+            "ratio_max": float(r.max()),
+            "clip_frac": float(((r - 1.0).abs() > clip_eps).double().mean()),
+        }
+    return loss, stats
