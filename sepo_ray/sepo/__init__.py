@@ -8,7 +8,15 @@ from .kl import kl_masked_path, kl_to_reference
 from .loss import grpo, grpo_coefficients, ppo_coefficients, ratio, sepo_loss, trajectory_pg_loss
 from .neighbours import neighbour_mask, neighbours, other_tokens, sample_positions
 from .scores import ESTIMATORS, log_scores, log_scores_from_site_log_probs, site_log_probs
-from .snis import SNISTerms, draw_snis_sites, log_pi_hat, single_sample_log_pi, snis_log_pi, snis_log_pi_hat, snis_terms
+from .snis import (
+    SNISTerms,
+    draw_snis_sites,
+    log_pi_hat,
+    single_sample_log_pi,
+    snis_log_pi,
+    snis_log_pi_hat,
+    snis_terms,
+)
 
 __all__ = [
     "ESTIMATORS",
