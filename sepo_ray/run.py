@@ -157,27 +157,20 @@ def print_table(before: dict, after: dict) -> None:
 
 def save_checkpoint(algo, out: Path) -> str:
     """RLlib checkpoint (to resume) plus the generator as safetensors (to evaluate or share)."""
-    from safetensors.torch import save_file
+    import shutil
+
+    from sepo_ray.models import save_model
 
     path = out / "checkpoints" / f"iter_{algo.iteration:04d}"
     tmp = path.with_name(path.name + ".tmp")
-    algo.save_to_path(str(tmp))
-    model = algo.current_denoiser()
-    config = getattr(model, "config", None)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        str(tmp / "generator.safetensors"),
-        metadata={
-            "config": json.dumps(config) if config is not None else "{}",
-            "iteration": str(algo.iteration),
-        },
-    )
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    algo.save_to_path(str(tmp.resolve()))
+    save_model(algo.current_denoiser(), tmp / "generator.safetensors", {"iteration": str(algo.iteration)})
     if path.exists():
-        import shutil
-
         shutil.rmtree(path)
     os.replace(tmp, path)  # a checkpoint directory exists only once complete
-    return str(path)
+    return str(path.resolve())
 
 
 def main(argv=None) -> int:

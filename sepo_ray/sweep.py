@@ -1,6 +1,6 @@
 """Ray Tune sweeps over SEPO hyperparameters, described in YAML.
 
-    python -m sepo_ray.sweep tune_configs/cpu_small.yaml [--output DIR] [--resume] [--address ADDR] [--dry-run]
+    python -m sepo_ray.sweep tune_configs/cpu_small.yaml [--output DIR] [--resume] [--address A] [--dry-run]
 
 runs a Tune ``Tuner`` over the ``SEPO`` algorithm (an RLlib ``Algorithm`` is a Tune ``Trainable``), shows
 Tune's progress table, writes ``DIR/sweep.json`` (one row per trial: its sampled config, metrics, status)
@@ -43,7 +43,8 @@ Search kinds: ``grid`` (every value, multiplies the trial count), ``choice`` (on
 ``uniform`` / ``loguniform`` ``[low, high]`` (floats; low < high, log needs low > 0), ``randint`` /
 ``lograndint`` ``[low, high]`` (integers, inclusive). Integer fields (T, M, K epochs, ...) refuse float
 spaces. Field names are checked against ``SEPOConfig`` (the documented SEPO fields plus RLlib's
-``AlgorithmConfig`` attributes until ``sepo_ray.rllib`` is importable, its real attributes after).
+``AlgorithmConfig`` attributes until ``sepo_ray.rllib`` is importable, its real attributes after), and before
+a sweep starts the base config with each searched value goes through ``SEPOConfig.validate()``.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ TIME_ATTRS = ("time_total_s",)
 DEFAULT_METRIC = "sepo/reward_mean"
 DEFAULT_SELECT_METRIC = "sepo/heldout_pred_activity"
 
-# The SEPOConfig fields documented in the API contract (custom fields and the standard RLlib ones).
-SEPO_FIELDS = frozenset(
+# SEPOConfig fields every sweep may rely on (SEPO's own and the standard RLlib ones it documents).
+DOCUMENTED_FIELDS = frozenset(
     {
         "clip_eps",
         "kl_alpha",
@@ -129,6 +130,10 @@ SEPO_FIELDS = frozenset(
         "seed",
     }
 )
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start as asked (nothing to resume, or an existing sweep in the way)."""
 
 
 @dataclass(frozen=True)
@@ -294,7 +299,7 @@ def sepo_config_fields() -> frozenset[str]:
             raise
         from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
-        return frozenset(SEPO_FIELDS | _config_attrs(AlgorithmConfig()))
+        return frozenset(DOCUMENTED_FIELDS | _config_attrs(AlgorithmConfig()))
     return frozenset(_config_attrs(SEPOConfig()))
 
 
@@ -367,7 +372,7 @@ def check_field_value(name: str, value: Any, where: str) -> None:
 
 def _check_field_name(where: str, name: Any, known: frozenset[str]) -> str:
     if not isinstance(name, str) or name not in known:
-        hint = ", ".join(sorted(SEPO_FIELDS))
+        hint = ", ".join(sorted(DOCUMENTED_FIELDS))
         raise ValueError(f"{where}: unknown SEPOConfig field {name!r}; SEPO fields include: {hint}")
     return name
 
@@ -810,7 +815,7 @@ def format_report(report: Mapping) -> str:
         heldout = (m.get(select) or {}).get("last")
         lines.append(
             f"  {row['trial_id']:<12} {row['status']:<10} {'early' if row['stopped_early'] else '     '} "
-            f"{metric}={_fmt(reward)} {select}={_fmt(heldout)} {row['config']}"
+            f"{metric}={_fmt(reward)} {select}={_fmt(heldout)} {_fmt_config(row['config'])}"
         )
     best = report.get("best")
     if best is None:
@@ -818,7 +823,7 @@ def format_report(report: Mapping) -> str:
     else:
         lines.append(
             f"Best config by {best['selected_by']} = {_fmt(best['value'])} (trial {best['trial_id']}): "
-            f"{best['config']}"
+            f"{_fmt_config(best['config'])}"
         )
         if best["selected_by"] != select:
             lines.append(f"  (no finished trial reported {select}; ranked by {best['selected_by']})")
@@ -827,6 +832,10 @@ def format_report(report: Mapping) -> str:
 
 def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.4g}"
+
+
+def _fmt_config(config: Mapping) -> str:
+    return ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in config.items())
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -839,6 +848,23 @@ def default_trainable() -> tuple[Any, type]:
     from sepo_ray.rllib import SEPO, SEPOConfig
 
     return SEPO, SEPOConfig
+
+
+def check_against_config(spec: SweepSpec, config_cls: type) -> None:
+    """Run ``config_cls().update_from_dict(...).validate()`` on the base config and on the base config with
+    each searched value (grid/choice values, range ends), so that a value SEPOConfig refuses (e.g. T below
+    kl_steps) stops the sweep before any trial starts. Raises SweepError naming the key and the value."""
+
+    def check(values: dict, where: str) -> None:
+        try:
+            config_cls().update_from_dict(values).validate()
+        except ValueError as err:
+            raise SweepError(f"{where}: {err}") from None
+
+    check(dict(spec.base_config), "base_config")
+    for param in spec.search_space:
+        for value in param.args:
+            check({**spec.base_config, param.field: value}, f"search_space.{param.field}={value!r}")
 
 
 def trial_resources(trainable: Any, param_space: Mapping) -> dict | None:
@@ -862,30 +888,51 @@ def _is_domain(value: Any) -> bool:
     return isinstance(value, Domain) or (isinstance(value, Mapping) and "grid_search" in value)
 
 
+def _history(df: Any, wanted: set[str]) -> list[dict]:
+    if df is None or not len(df):
+        return []
+    return df[[c for c in df.columns if c in wanted]].to_dict("records")
+
+
+def _error_text(error: Any) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
 def _trial_records(grid: Any, spec: SweepSpec) -> list[dict]:
-    """Trial records (see summarize_trial) from a Tune ResultGrid."""
+    """Trial records (see summarize_trial) from a Tune ResultGrid, trials that never reported included.
+
+    Tune's Trial objects carry the status (PENDING, RUNNING, PAUSED after an interrupted sweep); the public
+    Result objects are the fallback when they are not reachable.
+    """
     wanted = {"training_iteration", spec.scheduler.time_attr, spec.metric, spec.select_metric, "sepo/kl"}
     wanted |= set(spec.stop)
     analysis = getattr(grid, "_experiment_analysis", None)
-    statuses = {t.trial_id: t.status for t in getattr(analysis, "trials", None) or []}
+    trials = getattr(analysis, "trials", None)
     records = []
+    if trials is not None:
+        frames = analysis.trial_dataframes
+        populate = getattr(type(grid), "_populate_exception", lambda trial: None)
+        for trial in trials:
+            config = trial.config or {}
+            records.append(
+                {
+                    "trial_id": trial.trial_id,
+                    "status": trial.status,
+                    "config": {k: config.get(k) for k in spec.searched_fields},
+                    "history": _history(frames.get(trial.trial_id), wanted),
+                    "error": _error_text(populate(trial)) if trial.status == "ERROR" else None,
+                }
+            )
+        return records
     for result in grid:
-        metrics = result.metrics or {}
-        config = result.config or {}
-        df = result.metrics_dataframe
-        history = []
-        if df is not None and len(df):
-            columns = [c for c in df.columns if c in wanted]
-            history = df[columns].to_dict("records")
-        trial_id = metrics.get("trial_id") or (Path(str(result.path)).name if result.path else "?")
-        status = statuses.get(trial_id) or ("ERROR" if result.error else "TERMINATED")
+        metrics, config = result.metrics or {}, result.config or {}
         records.append(
             {
-                "trial_id": trial_id,
-                "status": status,
+                "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
+                "status": "ERROR" if result.error else "TERMINATED",
                 "config": {k: config.get(k) for k in spec.searched_fields},
-                "history": history,
-                "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+                "history": _history(result.metrics_dataframe, wanted),
+                "error": _error_text(result.error),
             }
         )
     return records
@@ -927,8 +974,8 @@ def run_sweep(
     """Run (or with ``resume`` continue) the sweep; write ``output/sweep.json``; return its content.
 
     ``trainable`` defaults to ``sepo_ray.rllib.SEPO`` with ``config_cls`` SEPOConfig; Tune's experiment
-    lives in ``storage_path/<name>`` (``storage_path`` defaults to ``output``). ``verbose``: 0 silent, 1 Tune's
-    status table (every 15 s), 2 also a line per trial result.
+    lives in ``storage_path/<name>`` (``storage_path`` defaults to ``output``). ``verbose``: 0 silent,
+    1 Tune's status table (every 15 s), 2 also a line per trial result.
     """
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
@@ -936,18 +983,22 @@ def run_sweep(
 
     if trainable is None:
         trainable, config_cls = default_trainable()
-    output = Path(output).resolve()
+    output = Path(output).expanduser().resolve()
     storage_path = spec.storage_path or str(output)
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).expanduser().resolve())
     experiment_path = f"{storage_path.rstrip('/')}/{spec.name}"
 
     can_restore = tune.Tuner.can_restore(experiment_path)
     if resume and not can_restore:
-        raise ValueError(f"--resume: no Tune experiment to restore at {experiment_path}")
+        raise SweepError(f"--resume: no Tune experiment to restore at {experiment_path}")
     if not resume and can_restore:
-        raise ValueError(
+        raise SweepError(
             f"--output: a sweep named {spec.name!r} already exists at {experiment_path}; "
             "pass --resume to continue it or choose another --output"
         )
+    if not resume and hasattr(config_cls, "validate"):
+        check_against_config(spec, config_cls)
 
     started_ray = _ensure_ray(spec, address)
     if "://" not in storage_path and _num_alive_nodes() > 1:
@@ -962,7 +1013,11 @@ def run_sweep(
         param_space = build_param_space(spec, config_cls)
         if resume:
             print(f"Resuming {experiment_path}", flush=True)
-            tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
+            # the same param_space again: Tune keeps non-primitive config values (classes, specs) as
+            # placeholders that only the original objects resolve for trials created after the restore
+            tuner = tune.Tuner.restore(
+                experiment_path, trainable=trainable, resume_errored=True, param_space=param_space
+            )
         else:
             need = trial_resources(trainable, param_space)
             if need is not None:
@@ -1031,10 +1086,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         for p in spec.search_space:
             print(f"  {p.field}: {p.kind} {list(p.args)}")
+        trainable, config_cls = default_trainable()
+        try:
+            check_against_config(spec, config_cls)
+        except SweepError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        need = trial_resources(trainable, build_param_space(spec, config_cls))
+        if need is not None:
+            print(f"Each trial asks for {need['CPU']:g} CPU, {need['GPU']:g} GPU")
         return 0
     try:
         run_sweep(spec, output, resume=args.resume, address=args.address)
-    except ValueError as err:
+    except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

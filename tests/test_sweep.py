@@ -6,6 +6,8 @@ import copy
 import importlib.util
 import json
 import math
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from ray import tune
 
 from sepo_ray import sweep
 from sepo_ray.sweep import (
-    SEPO_FIELDS,
+    DOCUMENTED_FIELDS,
     build_param_space,
     load_sweep_spec,
     parse_sweep_spec,
@@ -29,7 +31,7 @@ from sepo_ray.sweep import (
 ROOT = Path(__file__).resolve().parents[1]
 CPU_FILE = ROOT / "tune_configs" / "cpu_small.yaml"
 CLUSTER_FILE = ROOT / "tune_configs" / "cluster_paper.yaml"
-FIELDS = frozenset(SEPO_FIELDS | {"fail_marker", "step_cost_s"})
+FIELDS = frozenset(DOCUMENTED_FIELDS | {"step_cost_s", "marker_dir", "driver_pid", "interrupt_at", "fail_at"})
 
 
 def minimal(**over) -> dict:
@@ -281,22 +283,33 @@ def test_best_falls_back_to_reward_when_nothing_reported_heldout():
 class StandInSEPO(tune.Trainable):
     """A trainable with SEPO's result layout: reward grows by clip_eps per iteration, held-out every 2nd.
 
-    An iteration costs ``step_cost_s``; with ``fail_marker`` set, the trial fails once at iteration 3 (the
-    marker file records it), so that a sweep stops part-way and resumes.
+    An iteration costs ``step_cost_s``. Once per sweep (a marker file records it) the trial whose clip_eps
+    equals ``interrupt_at`` interrupts the driver at iteration 3, as Ctrl-C would, and the one whose
+    clip_eps equals ``fail_at`` fails there, as a lost worker would: the sweep stops part-way and resumes.
     """
 
     def setup(self, config):
+        assert config.get("env_class", Path) is Path  # a class in the config reaches the trial
         self.reward = 0.0
         self.clip = config["clip_eps"]
         self.cost = config.get("step_cost_s", 0.02)
-        self.marker = config.get("fail_marker")
+        self.config_ = config
+
+    def _once(self, what: str) -> bool:
+        marker = self.config_.get("marker_dir") and Path(self.config_["marker_dir"], what)
+        if marker and self.config_.get(f"{what}_at") == self.clip and not marker.exists():
+            marker.write_text(what)
+            return True
+        return False
 
     def step(self):
         time.sleep(self.cost)
         self.reward += self.clip
         i = self.iteration + 1
-        if self.marker and i == 3 and not Path(self.marker).exists():
-            Path(self.marker).write_text("failed once")
+        if i == 3 and self._once("interrupt"):
+            os.kill(self.config_["driver_pid"], signal.SIGINT)
+            time.sleep(1.0)
+        if i == 3 and self._once("fail"):
             raise RuntimeError("simulated lost worker")
         out = {"sepo": {"reward_mean": self.reward, "kl": 0.01}}
         if i % 2 == 0:
@@ -308,6 +321,17 @@ class StandInSEPO(tune.Trainable):
 
     def load_checkpoint(self, checkpoint_dir):
         self.reward = json.loads(Path(checkpoint_dir, "state.json").read_text())["reward"]
+
+
+class StandInConfig:
+    """Like SEPOConfig: ``update_from_dict`` then ``to_dict`` adds non-primitive values (a class)."""
+
+    def update_from_dict(self, values):
+        self.values = dict(values)
+        return self
+
+    def to_dict(self):
+        return {**self.values, "env_class": Path}
 
 
 def _stand_in_spec(**over):
@@ -345,22 +369,29 @@ def test_sweep_runs_asha_on_time_and_writes_sweep_json(ray_session, tmp_path, ca
 
 
 def test_sweep_stopped_part_way_resumes(ray_session, tmp_path):
-    marker = tmp_path / "failed_once"
+    base = {"step_cost_s": 0.03, "marker_dir": str(tmp_path), "driver_pid": os.getpid()}
     spec = _stand_in_spec(
         name="resume",
         checkpoint={"frequency": 2, "num_to_keep": 2, "at_end": True},
-        base_config={"step_cost_s": 0.03, "fail_marker": str(marker)},
-        search_space={"clip_eps": {"grid": [0.2, 0.3]}},
+        base_config={**base, "interrupt_at": 0.2, "fail_at": 0.3},
+        search_space={"clip_eps": {"grid": [0.2, 0.3, 0.1]}},
         scheduler={"type": "asha", "max_t": 0.3, "grace_period": 0.3},
     )
+    out = tmp_path / "out"
+    kwargs = {"trainable": StandInSEPO, "config_cls": StandInConfig, "verbose": 0}
     with pytest.raises(ValueError, match="no Tune experiment"):
-        run_sweep(spec, tmp_path / "out", resume=True, trainable=StandInSEPO, verbose=0)
-    first = run_sweep(spec, tmp_path / "out", trainable=StandInSEPO, verbose=0)
-    assert first["num_errored"] == 1 and marker.exists()
-    second = run_sweep(spec, tmp_path / "out", resume=True, trainable=StandInSEPO, verbose=0)
-    assert second["num_trials"] == 2 and second["num_terminated"] == 2 and second["num_errored"] == 0
-    resumed = [r for r in second["trials"] if r["trial_id"] in {t["trial_id"] for t in first["trials"]}]
-    assert len(resumed) == 2  # the same trials, continued rather than started anew
+        run_sweep(spec, out, resume=True, **kwargs)
+    # Ctrl-C during the first trial: the later trials do not exist yet
+    first = run_sweep(spec, out, **kwargs)
+    assert (tmp_path / "interrupt").exists() and first["num_terminated"] < 3
+    # resumed: the first trial continues, the others are created (their config holds a class), one fails
+    second = run_sweep(spec, out, resume=True, **kwargs)
+    assert second["num_trials"] == 3 and second["num_errored"] == 1
+    # resumed again: the failed trial continues from its checkpoint
+    third = run_sweep(spec, out, resume=True, **kwargs)
+    assert third["num_trials"] == 3 and third["num_terminated"] == 3
+    assert {t["trial_id"] for t in third["trials"]} == {t["trial_id"] for t in second["trials"]}
+    assert third["best"]["config"] == {"clip_eps": 0.3}
 
 
 # ------------------------------------------------------------------------------------- a whole SEPO sweep
@@ -371,6 +402,7 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
     raw.update(
         name="cpu_tiny",
         num_samples=4,
+        max_failures=0,
         max_concurrent_trials=2,
         time_budget_s=150,
         checkpoint={"frequency": 0, "num_to_keep": 1, "at_end": False},
@@ -382,6 +414,21 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
     spec = parse_sweep_spec(raw)
     report = run_sweep(spec, tmp_path / "out", verbose=1)
     assert (tmp_path / "out" / "sweep.json").is_file()
-    assert report["num_trials"] == 4 and report["num_errored"] == 0, report["trials"]
+    errors = [t["error"] for t in report["trials"] if t["error"]]
+    assert report["num_trials"] == 4 and report["num_errored"] == 0, errors
     assert report["best"] is not None
     assert set(report["best"]["config"]) == set(spec.searched_fields)
+
+
+def test_values_sepo_config_refuses_stop_the_sweep_before_it_starts(tmp_path):
+    from sepo_ray.rllib import SEPO, SEPOConfig
+
+    raw = copy.deepcopy(read_sweep_yaml(CPU_FILE))
+    raw["base_config"]["kl_steps"] = 4
+    raw["search_space"]["denoise_steps"] = {"choice": [2, 8]}  # T = 2 < kl_steps
+    spec = parse_sweep_spec(raw)
+    with pytest.raises(sweep.SweepError, match=r"search_space\.denoise_steps=2: .*kl_steps"):
+        run_sweep(spec, tmp_path / "out", trainable=SEPO, config_cls=SEPOConfig)
+    assert not (tmp_path / "out").exists()
+    for path in (CPU_FILE, CLUSTER_FILE):
+        sweep.check_against_config(load_sweep_spec(path), SEPOConfig)

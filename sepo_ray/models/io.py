@@ -38,6 +38,7 @@ def save_model(model: nn.Module, path: str | Path, extra_metadata: dict[str, str
     meta = {"class": name, "config": json.dumps(model.config, sort_keys=True)}
     meta.update(extra_metadata or {})
     save_file(state, str(path), metadata=meta)
+    path.chmod(0o644)  # readable by everyone, like any packaged file
     return path
 
 

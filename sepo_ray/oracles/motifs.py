@@ -118,30 +118,37 @@ class MotifScanner:
             pwm = log_odds_pwm(counts)
             self.pwms.append(pwm)
             self.thresholds.append(score_threshold(pwm, self.pvalue))
-        # Per motif, a (2, 4, w) conv weight: forward PWM and reverse-complement PWM.
-        self._weights = [
-            torch.tensor(np.stack([pwm.T, pwm[::-1, ::-1].T]), dtype=torch.float32, device=self.device)
-            for pwm in self.pwms
-        ]
+        # One conv for all motifs: weight (2M, 4, w_max), forward and reverse-complement PWM of each motif,
+        # zero-padded on the right; the input is zero-padded by w_max - 1 so that every start position exists,
+        # and starts past L - w_m (windows that would leave the sequence) are masked out per motif.
+        self.widths = [len(p) for p in self.pwms]
+        w_max = max(self.widths)
+        weight = np.zeros((2 * len(self.pwms), NUM_TOKENS, w_max), dtype=np.float32)
+        for m, pwm in enumerate(self.pwms):
+            weight[2 * m, :, : len(pwm)] = pwm.T
+            weight[2 * m + 1, :, : len(pwm)] = pwm[::-1, ::-1].T
+        self._weight = torch.from_numpy(weight).to(self.device)  # (2M, 4, w_max)
+        self._threshold = torch.tensor(self.thresholds, dtype=torch.float32, device=self.device)  # (M,)
 
     def hits(self, sequences: Sequence[str] | Tensor | np.ndarray) -> np.ndarray:
         """Hits per sequence and motif: int64 (N, M), motifs in the order of :attr:`names`."""
         from ..data.sequences import as_tokens
 
         x = as_tokens(sequences, self.length)
+        n_motifs, w_max = len(self.names), self._weight.shape[-1]
+        length = x.shape[1]
+        valid = torch.arange(length, device=self.device)[None, :] <= (
+            length - torch.tensor(self.widths, device=self.device)[:, None]
+        )  # (M, L) start positions whose window fits
         out = []
         for i in range(0, len(x), self.batch_size):
             onehot = F.one_hot(x[i : i + self.batch_size].to(self.device), NUM_TOKENS).float().transpose(1, 2)
-            cols = []
-            for weight, thr in zip(self._weights, self.thresholds):
-                if weight.shape[-1] > onehot.shape[-1]:
-                    cols.append(torch.zeros(onehot.shape[0], dtype=torch.long, device=self.device))
-                    continue
-                scores = F.conv1d(onehot, weight)  # (B, 2, L - w + 1)
-                cols.append((scores >= thr).any(1).sum(-1))  # (B,)
-            out.append(torch.stack(cols, 1).cpu())  # (B, M)
+            scores = F.conv1d(F.pad(onehot, (0, w_max - 1)), self._weight)  # (B, 2M, L)
+            scores = scores.view(len(onehot), n_motifs, 2, length).amax(2)  # (B, M, L) best strand
+            hit = (scores >= self._threshold[None, :, None]) & valid  # (B, M, L)
+            out.append(hit.sum(-1).cpu())  # (B, M)
         if not out:
-            return np.zeros((0, len(self.names)), dtype=np.int64)
+            return np.zeros((0, n_motifs), dtype=np.int64)
         return torch.cat(out).numpy().astype(np.int64)
 
     def __call__(self, sequences: Sequence[str] | Tensor | np.ndarray) -> np.ndarray:

@@ -1,0 +1,131 @@
+"""`python -m sepo_ray.bench`: the cheap entries at tiny sizes (--quick), exact forward counts, the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sepo_ray import bench
+
+CHEAP = ("sampler_overhead", "learner_forwards_per_update", "gpu_throughput")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    results = bench.main(["--quick", "--only", ",".join(CHEAP), "--output", str(path)])
+    return results, path
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def expected_counts(s: bench.UpdateSettings) -> dict:
+    """Forward counts written out by hand (N = B G, K positions, m-1 other tokens, M SNIS samples)."""
+    n, k, j, mm, e = s.prompts * s.group_size, s.positions, s.num_tokens - 1, s.snis_samples, s.epochs
+    length, st, t, g = s.length, s.kl_steps, s.denoise_steps, s.group_size
+    return {
+        "ours_rollout_sampler": (t, n * t, 0),
+        "ours_rollout_old_policy": (2, n * k + n * k * j * mm, 0),
+        # per epoch: conditional scores (grad) + SNIS (masked forwards) + KL on theta (grad) and the reference
+        "ours_learner": (4 * e, e * (n * k + n * k * j * mm + 2 * n * st), e * (n * k + n * st)),
+        # per epoch and group: old score + old SNIS (masked + clean) + new score (grad) + new SNIS
+        "published_learner": (6 * e * g, e * (2 * n + 4 * n * length * j * mm), e * n),
+    }
+
+
+def test_registry_holds_every_entry():
+    assert list(bench.BENCHMARKS) == [
+        "fidelity",
+        "sampler_overhead",
+        "learner_forwards_per_update",
+        "ray_overhead",
+        "rollout_scaling",
+        "gpu_throughput",
+    ]
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid.*sampler_overhead"):
+        bench.main(["--only", "sampler_overhed"])
+
+
+def test_output_file_holds_the_printed_json_and_the_machine(quick):
+    results, path = quick
+    assert json.loads(path.read_text()) == json.loads(json.dumps(results))
+    assert set(results) == set(CHEAP)
+    for entry in results.values():
+        assert {"cpu", "cores", "gpu"} <= set(entry["machine"])
+
+
+def test_sampler_overhead_is_a_sane_ratio(quick):
+    entry = quick[0]["sampler_overhead"]
+    assert entry["ratio"] and all(positive_finite(r) for r in entry["ratio"].values())
+    for row in entry["rows"].values():
+        s = row["settings"]
+        assert row["sampler_forward_calls"] == s["steps"]
+        assert row["sampler_forward_rows"] == s["steps"] * s["batch"]
+
+
+@pytest.mark.parametrize("scale", ["dna", "toy"])
+def test_forward_counts_equal_the_formula_exactly(quick, scale):
+    entry = quick[0]["learner_forwards_per_update"]
+    s = bench.UpdateSettings(**entry[f"settings_{scale}"])
+    counts = entry[f"counts_{scale}"]
+    for phase, (calls, rows, grad_rows) in expected_counts(s).items():
+        got = counts[phase]
+        assert (got["calls"], got["rows"], got["grad_rows"]) == (calls, rows, grad_rows), phase
+        assert got["matches_formula"]
+    formulas = bench.count_formulas(s)
+    assert counts["forwards_ratio_published_over_ours_learner"] == round(
+        formulas["published_learner"]["rows"] / formulas["ours_learner"]["rows"], 2
+    )
+    assert counts["forwards_ratio_published_over_ours_learner"] > 1
+
+
+def test_learner_time_ratio_and_fidelity_are_reported(quick):
+    entry = quick[0]["learner_forwards_per_update"]
+    ratio = entry["learner_time_ratio"]
+    assert positive_finite(ratio["published_over_ours"])
+    assert positive_finite(ratio["published_over_ours_incl_old_policy"])
+    fid = entry["gradient_fidelity"]
+    for regime in ("onpolicy", "offpolicy", "expected"):
+        for key in ("ours", "published"):
+            assert -1.0 <= fid[regime][key]["mean"] <= 1.0
+        assert isinstance(fid[regime]["verdict"], str)
+
+
+def test_gpu_entry_is_skipped_without_a_gpu(quick):
+    entry = quick[0]["gpu_throughput"]
+    if torch.cuda.is_available():
+        assert all(positive_finite(v) for v in entry["best_sequences_per_s"].values())
+    else:
+        assert entry["skipped"] == "no GPU"
+
+
+def test_gpu_throughput_code_path_runs_on_cpu():
+    res = bench.gpu_throughput_run(
+        "cpu", hidden=8, stacks=1, length=12, steps=2, batches=(2, 4), modes=("fp32", "bf16"), repeats=1
+    )
+    for mode in ("fp32", "bf16"):
+        row = res["modes"][mode]
+        assert row["best_batch"] in (2, 4)
+        assert positive_finite(row["best_sequences_per_s"])
+
+
+def test_counting_wrapper_separates_rows_with_gradient():
+    tally = bench.ForwardTally()
+    model = bench.CountingDenoiser(bench.ShapeOnlyDenoiser(4), tally)
+    z = torch.zeros(3, 5, dtype=torch.long)
+    model(z).sum().backward()
+    with torch.no_grad():
+        model(torch.zeros(7, 5, dtype=torch.long))
+    assert tally.snapshot() == {"calls": 2, "rows": 10, "grad_rows": 3}
+
+
+def test_update_settings_defaults_are_sepoconfig_defaults():
+    defaults = bench._settings_from_config()
+    s = bench.UpdateSettings()
+    assert {k: getattr(s, k) for k in defaults} == defaults
