@@ -231,3 +231,11 @@ def test_user_reward_rises(ray_session, tmp_path):
     hist = [h["reward_mean"] for h in record["history"]]
     assert np.mean(hist[-2:]) > np.mean(hist[:2]), hist
     assert record["after"]["user_reward_mean"] > record["before"]["user_reward_mean"]
+
+
+def test_tune_reserves_gpu_oracle_actors():
+    from sepo_ray.rllib import SEPO
+
+    bundles = SEPO.default_resource_request(toy_config(oracle_actors=2, oracle_num_gpus=0.5)).bundles
+    assert bundles.count({"GPU": 0.5}) == 2
+    assert SEPO.default_resource_request(toy_config(oracle_actors=1)).bundles == [{"CPU": 1.0}]

@@ -42,6 +42,22 @@ class SEPO(Algorithm):
     def get_default_config(cls) -> SEPOConfig:
         return SEPOConfig(algo_class=cls)
 
+    @classmethod
+    def default_resource_request(cls, config):
+        """RLlib's bundles (driver, rollout workers, learners) plus one per reward-oracle actor that needs GPUs,
+        so that a Tune trial reserves its oracles too (child actors are placed in the trial's group)."""
+        from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+        pgf = super().default_resource_request(config)
+        cfg = cls.get_default_config().update_from_dict(config) if isinstance(config, dict) else config
+        gpus = float(getattr(cfg, "oracle_num_gpus", 0.0) or 0.0)
+        actors = int(getattr(cfg, "oracle_actors", 0) or 0)
+        if gpus <= 0 or actors <= 0:
+            return pgf
+        return PlacementGroupFactory(
+            bundles=list(pgf.bundles) + [{"GPU": gpus} for _ in range(actors)], strategy=pgf.strategy
+        )
+
     # ------------------------------------------------------------------------------------------ setup
     def setup(self, config) -> None:
         cfg = self.config
