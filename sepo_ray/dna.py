@@ -27,7 +27,7 @@ from .data import ALPHABET, NUM_TOKENS, SEQ_LEN, decode, encode
 
 @dataclass
 class DNATask:
-    """Models and helpers of the embedded DNA task.
+    """Models and utilities of the embedded DNA task.
 
     generator: pretrained MDLM denoiser (z (B, 200) in 0..4 -> logits (B, 200, 4)).
     reward: fine-tuning oracle (:class:`~sepo_ray.oracles.FTOracle`), HepG2 log-odds.

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     models = _split_list(args.model) or ["pretrained"]
     rows: dict[str, RowSpec] = {}
     for m in models:
@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "threads": torch.get_num_threads(),
         "wall_s": round(wall, 1),
+        "process_cpu_s": round(time.process_time() - c0, 1),
     }
     out = write_outputs(args.output, metrics, samples, info)
     print(format_table(metrics), end="")

@@ -35,7 +35,7 @@ from .data.sequences import SEQ_LEN, as_tokens, kmer_frequencies
 METRIC_KEYS = ("pred_activity_median", "atac_acc", "kmer3_corr", "log_lik_median", "motif_enrichment")
 SCORE_KEYS = ("pred_activity", "atac", "motif_count", "log_lik")
 #: Default ELBO time draws per sequence for ``log_lik`` (cost: this many generator forwards per sequence).
-ELBO_STEPS = 16
+ELBO_STEPS = 8
 MOTIF_PSEUDOCOUNT = 0.01
 
 

@@ -77,6 +77,8 @@ class ClassifierConfig:
     weight_decay: float = 1e-2
     rc_augment: bool = True  #: reverse-complement each sequence w.p. 1/2
     task: str = "celltype"  #: "celltype" (4-way TAG) or "accessibility" (real vs dinucleotide-shuffled)
+    max_train_rows: int | None = None  #: use only this many (seeded random) training rows; None = all
+    max_eval_rows: int | None = None  #: use only this many validation / test rows (smoke runs); None = all
     seed: int = 0
 
 
@@ -110,7 +112,7 @@ CONFIGS: dict[str, GeneratorConfig | ClassifierConfig] = {
 }
 
 
-# ----------------------------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------------------------- utilities
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -314,9 +316,18 @@ def train_classifier(
     gen = torch.Generator().manual_seed(cfg.seed)
     model = _build_classifier(cfg)
     rows = _train_rows(data, cfg.train_split)
+    if cfg.max_train_rows is not None:
+        rows = np.sort(
+            np.random.default_rng(cfg.seed).choice(rows, min(cfg.max_train_rows, len(rows)), replace=False)
+        )
     x_train, y_train = data.tokens[rows], torch.from_numpy(data.cell_type[rows])
     x_val, y_val = split_tensors(data, "validation")
     x_test, y_test = split_tensors(data, "test")
+    if cfg.max_eval_rows is not None:
+        pick = np.random.default_rng(cfg.seed + 1)
+        keep_val = torch.from_numpy(np.sort(pick.permutation(len(x_val))[: cfg.max_eval_rows]))
+        keep_test = torch.from_numpy(np.sort(pick.permutation(len(x_test))[: cfg.max_eval_rows]))
+        x_val, y_val, x_test, y_test = x_val[keep_val], y_val[keep_val], x_test[keep_test], y_test[keep_test]
     if cfg.task == "accessibility":
         x_val, y_val = _accessibility_set(x_val, seed=10_000 + cfg.seed)
         x_test, y_test = _accessibility_set(x_test, seed=20_000 + cfg.seed)

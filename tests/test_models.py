@@ -147,3 +147,30 @@ def test_classifier_shapes():
     x = torch.randint(0, 4, (3, 200))
     assert DilatedCNNClassifier(num_classes=1, hidden_dim=8)(x).shape == (3, 1)
     assert KmerMLPClassifier(num_classes=4, ks=(1, 2), hidden_dim=8)(x).shape == (3, 4)
+
+
+def test_pretraining_is_seeded(tmp_path):
+    from sepo_ray.data import load_dhs
+    from sepo_ray.pretrain import ClassifierConfig, GeneratorConfig, train_classifier, train_generator
+
+    data = load_dhs()
+    gcfg = GeneratorConfig(
+        hidden_dim=4, num_cnn_stacks=1, batch_size=4, steps=2, warmup_steps=1, eval_sequences=4, eval_draws=1
+    )
+    ccfg = ClassifierConfig(
+        model="kmer",
+        model_kwargs={"ks": [1, 2], "hidden_dim": 8},
+        epochs=1,
+        max_train_rows=256,
+        max_eval_rows=300,
+    )
+    runs = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        gen, card = train_generator(data, gcfg, out, threads=1, log=lambda _: None)
+        cls, ccard = train_classifier(data, "eval_oracle", ccfg, out, threads=1, log=lambda _: None)
+        runs.append((gen.state_dict(), cls.state_dict()))
+        assert card["data"]["sha256"] == data.sha256 and ccard["data"]["num_train"] == 256
+        assert set(ccard["heldout"]) == {"validation", "test"} and (out / "eval_oracle.json").is_file()
+    for a, b in zip(*runs):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -103,3 +103,14 @@ def test_liver_motifs_enriched_in_hepg2(heldout):
     x, is_hepg2 = heldout
     hits = get_oracle("motif_count")(x)
     assert hits[is_hepg2].mean() > 2 * hits[~is_hepg2].mean()
+
+
+def test_dna_task_facade(heldout):
+    from sepo_ray.dna import load_dna_task
+
+    task = load_dna_task()
+    x = heldout[0][:8]
+    np.testing.assert_allclose(task.reward(x), get_oracle("dna_ft")(x), rtol=1e-6)
+    assert task.heldout_reward(task.decode(x)).shape == (8,)
+    assert torch.equal(task.encode(task.decode(x)), x)
+    assert task.generator(torch.full((1, task.length), task.num_tokens)).shape == (1, 200, 4)

@@ -1,0 +1,152 @@
+"""The paper's Table 2 / Fig. 2 on the embedded DNA benchmark: SEPO against baselines at one oracle budget.
+
+``python -m sepo_ray.compare dna --output DIR`` (also ``python -m sepo_ray.evaluate dna --compare DIR``)
+
+1. fine-tunes each variant with ``python -m sepo_ray.run dna`` (same iterations, batch and seed, so the same
+   number of fine-tuning-oracle calls), into ``DIR/runs/<variant>/`` (a finished run is reused, an unfinished
+   one resumed);
+2. evaluates every row over the seeds (3 x 640 samples by default) with the evaluation oracle, the
+   accessibility classifier, 3-mer statistics, the pretrained ELBO and motif enrichment;
+3. writes ``DIR/metrics.json``, ``DIR/table.md`` (Markdown), ``DIR/pred_activity.png`` (violins) and
+   ``DIR/samples.parquet``.
+
+Rows: ``pretrained``; ``best_of_n`` (the pretrained model with the same oracle budget spent on selection: the
+budget's C candidates form groups of N = group size, the fine-tuning oracle keeps the best of each group, so
+the row holds C / N sequences per seed); ``sepo_grpo`` (the default SEPO GRPO); ``sepo_no_snis`` (pi_hat from
+y's single parent, no SNIS); ``sepo_gradient_flow`` (one corrector step after each predictor step, Sec. 3.3);
+``trajectory_grpo`` (the DDPO / d1-style policy gradient on the sampler's own per-step log-probabilities); and
+the real HepG2 / non-HepG2 test sequences as references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS: dict[str, list[str]] = {
+    "sepo_grpo": [],
+    "sepo_no_snis": ["snis_samples=0"],
+    "sepo_gradient_flow": ["corrector_steps=1"],
+    "trajectory_grpo": ["objective=trajectory"],
+}
+
+
+def train_variants(out: Path, variants: list[str], iterations: int, seed: int, extra: list[str]) -> dict[str, dict]:
+    """Runs (or resumes, or reuses) each variant's fine-tuning; returns name -> result.json record."""
+    from sepo_ray.run import main as run_main
+
+    records = {}
+    for name in variants:
+        run_dir = out / "runs" / name
+        result = run_dir / "result.json"
+        record = json.loads(result.read_text()) if result.exists() else None
+        done = record is not None and record["history"] and record["history"][-1]["iteration"] >= iterations
+        if not done:
+            args = ["dna", "--iterations", str(iterations), "--output", str(run_dir), "--seed", str(seed), "--no-eval"]
+            for item in VARIANTS[name] + extra:
+                args += ["--set", item]
+            if record is not None and record.get("checkpoints"):
+                args.append("--resume")
+            print(f"== fine-tuning {name}: python -m sepo_ray.run {' '.join(args)}", flush=True)
+            rc = run_main(args)
+            if rc != 0:
+                raise RuntimeError(f"fine-tuning {name} failed (exit {rc}); see {run_dir}")
+            record = json.loads(result.read_text())
+        records[name] = record
+    return records
+
+
+def oracle_budget(record: dict) -> int:
+    """Fine-tuning-oracle calls a run spent: iterations x sequences per iteration."""
+    cfg = record["config"]
+    return len(record["history"]) * int(cfg["prompts_per_batch"]) * int(cfg["group_size"])
+
+
+def best_of_n_row(budget: int, group: int, steps: int):
+    """Row callable: seed -> the best of each group of ``group`` pretrained samples (C = budget candidates)."""
+    from sepo_ray.evaluate import load_generator, sample_sequences
+    from sepo_ray.oracles import get_oracle
+
+    model, oracle = load_generator("pretrained"), get_oracle("dna_ft")
+
+    def row(seed: int) -> list[str]:
+        candidates = sample_sequences(model, budget, 10_000 + seed, steps)
+        scores = np.asarray(oracle(candidates)).reshape(-1, group)  # (C / N, N)
+        best = scores.argmax(axis=1) + np.arange(scores.shape[0]) * group
+        return [candidates[i] for i in best]
+
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sepo_ray.compare", description=__doc__.splitlines()[0])
+    p.add_argument("task", choices=["dna"])
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--iterations", type=int, default=12, help="fine-tuning iterations per variant (same budget)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for all runs")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the same for every variant)")
+    p.add_argument("--num-samples", type=int, default=640)
+    p.add_argument("--seeds", default="0,1,2", help="evaluation seeds")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps T for evaluation (default: the runs' T)")
+    p.add_argument("--elbo-steps", type=int, default=None, help="ELBO time draws (default: the evaluator's)")
+    p.add_argument("--skip-train", action="store_true", help="evaluate the runs already in DIR/runs")
+    args = p.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; valid: {list(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    if args.skip_train:
+        records = {
+            v: json.loads((args.output / "runs" / v / "result.json").read_text())
+            for v in variants
+            if (args.output / "runs" / v / "result.json").exists()
+        }
+    else:
+        from sepo_ray.run import init_ray
+
+        init_ray(None)
+        records = train_variants(args.output, variants, args.iterations, args.seed, args.set)
+        import ray
+
+        ray.shutdown()
+
+    from sepo_ray.evaluate import REFERENCE_ROWS, evaluate_rows, format_table, load_generator, reference_sequences
+    from sepo_ray.evaluate import write_outputs
+    from sepo_ray.metrics import default_scorer
+
+    first = next(iter(records.values()))
+    steps = args.steps or int(first["config"]["denoise_steps"])
+    budget = oracle_budget(first)
+    group = int(first["config"]["group_size"])
+    rows = {"pretrained": load_generator("pretrained"), "best_of_n": best_of_n_row(budget, group, steps)}
+    for name, record in records.items():
+        rows[name] = load_generator(record["final_checkpoint"])
+    for ref in REFERENCE_ROWS:
+        rows[ref] = lambda seed, ref=ref: reference_sequences(ref, args.num_samples, seed)
+    scorer = default_scorer(elbo_steps=args.elbo_steps) if args.elbo_steps else None
+    metrics, samples = evaluate_rows(rows, seeds=seeds, num_samples=args.num_samples, steps=steps, scorer=scorer)
+    write_outputs(args.output, metrics, samples)
+    budgets = {name: oracle_budget(r) for name, r in records.items()}
+    table = format_table(metrics)
+    header = (
+        f"Oracle budget: {budget} fine-tuning-oracle calls per method ({len(first['history'])} iterations x "
+        f"{budget // max(1, len(first['history']))} sequences); best_of_n keeps the best of each group of "
+        f"{group} among {budget} pretrained samples ({budget // group} sequences per seed). "
+        f"Seeds {seeds}, {args.num_samples} samples per seed and row, T = {steps}.\n\n"
+    )
+    (args.output / "table.md").write_text(header + table + "\n")
+    (args.output / "compare.json").write_text(json.dumps({"budgets": budgets, "steps": steps, "group": group}, indent=2))
+    print(header + table, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
