@@ -584,15 +584,15 @@ class UpdateSettings:
 
     length: int = 200  # L
     num_tokens: int = 4  # m
-    prompts: int = 8  # B, prompts per batch
+    prompts: int = 4  # B, prompts per batch
     group_size: int = 8  # G, samples per prompt
-    snis_samples: int = 4  # M, SNIS samples per neighbour (>= 1 here)
+    snis_samples: int = 1  # M, SNIS samples per neighbour (>= 1 here)
     positions: int | None = 2  # K, Hamming-1 positions per sequence (None = all L)
     epochs: int = 2  # E, epochs (= optimiser steps) per update
-    kl_steps: int = 4  # S, sampler states per sequence for the path KL
+    kl_steps: int = 2  # S, sampler states per sequence for the path KL
     denoise_steps: int = 32  # T
     clip_eps: float = 0.2
-    kl_alpha: float = 0.05
+    kl_alpha: float = 1.0
     chunk: int | None = None  # rows per model call in the batched forwards (None = one call)
 
     @property

@@ -233,6 +233,15 @@ def _split_list(values: list[str] | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--compare" in argv:  # `evaluate dna --compare DIR [...]` = `python -m sepo_ray.compare dna --output DIR [...]`
+        from .compare import main as compare_main
+
+        i = argv.index("--compare")
+        if i + 1 >= len(argv):
+            print("error: --compare needs a directory", file=sys.stderr)
+            return 2
+        return compare_main(argv[:i] + ["--output", argv[i + 1]] + argv[i + 2 :])
     parser = argparse.ArgumentParser(prog="python -m sepo_ray.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=["dna"])
     parser.add_argument(
