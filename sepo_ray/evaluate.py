@@ -141,31 +141,35 @@ def evaluate_rows(
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
     scorer = scorer or DNAScorer()
-    n_gen = sum(isinstance(spec, nn.Module) for spec in rows.values())
     calls_per_sample = -(-num_samples // batch_size)  # sampler batches per row and seed
-    bar = tqdm(
-        total=n_gen * len(seeds) * steps * calls_per_sample,
-        desc="sampling",
-        unit="step",
-        disable=not progress or n_gen == 0,
-    )
-    last = {"done": 0}
-
-    def tick(done: int, total: int) -> None:
-        bar.update(done - last["done"])
-        last["done"] = done
-
+    outer = tqdm(total=len(rows) * len(seeds), desc="evaluate", unit="set", disable=not progress)
     per_row: dict[str, list[dict]] = {}
     frames = []
     for name, spec in rows.items():
         per_row[name] = []
         for seed in seeds:
-            last["done"] = 0
+            outer.set_postfix_str(f"{name} seed {seed}")
+            inner = tqdm(
+                total=steps * calls_per_sample,
+                desc=f"sampling {name} seed {seed}",
+                unit="step",
+                leave=False,
+                position=1,
+                disable=not progress or not isinstance(spec, nn.Module),
+            )
+
+            def tick(done: int, total: int, inner=inner) -> None:
+                inner.update(done - inner.n)
+
             seqs = _row_sequences(spec, seed, num_samples, steps, batch_size, tick)
-            scores = scorer.scores(seqs, seed=seed)
+            inner.close()
+            scores = scorer.scores(
+                seqs, seed=seed
+            )  # oracles, motif scan, ELBO under the pretrained generator
             per_row[name].append(summarize(scores, seqs))
             frames.append(pd.DataFrame({"row": name, "seed": seed, "sequence": seqs, **scores}))
-    bar.close()
+            outer.update(1)
+    outer.close()
     metrics = {
         name: {key: _mean_std([m[key] for m in runs]) for key in METRIC_KEYS}
         for name, runs in per_row.items()
@@ -234,7 +238,9 @@ def _split_list(values: list[str] | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--compare" in argv:  # `evaluate dna --compare DIR [...]` = `python -m sepo_ray.compare dna --output DIR [...]`
+    if (
+        "--compare" in argv
+    ):  # `evaluate dna --compare DIR [...]` = `python -m sepo_ray.compare dna --output DIR [...]`
         from .compare import main as compare_main
 
         i = argv.index("--compare")

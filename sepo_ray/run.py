@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-DEFAULT_ITERATIONS = 12
+DEFAULT_ITERATIONS = 16
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --output from its last checkpoint"
     )
-    p.add_argument("--eval-samples", type=int, default=320, help="sequences for the before/after metrics")
+    p.add_argument("--eval-samples", type=int, default=256, help="sequences for the before/after metrics")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after metrics")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime (default: all)")
     args = p.parse_args(argv)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -139,7 +140,7 @@ class RewardPool:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
         resolve_reward(spec)  # fail fast in the driver on a spec that names nothing
         self.spec = spec
-        self.name = name or f"sepo-reward-{int(time.time() * 1e3) % 10**9}-{np.random.randint(10**6)}"
+        self.name = name or f"sepo-reward-{uuid.uuid4().hex[:12]}"  # not np.random: RLlib seeds it
         self.namespace = namespace or ray.get_runtime_context().namespace
         actor_cls = ray.remote(_RewardActorImpl)
         self.actors = [
@@ -154,6 +155,7 @@ class RewardPool:
             for i in range(num_actors)
         ]
         self.max_retries = max(1, max_restarts)
+        self.timeout_s = 600.0  # per batched call; a hung oracle becomes a RewardError, not a hung run
 
     @classmethod
     def connect(
@@ -165,6 +167,7 @@ class RewardPool:
         pool = cls.__new__(cls)
         pool.spec, pool.name, pool.namespace, pool.max_retries = spec, name, namespace, max(1, max_retries)
         pool.actors = [ray.get_actor(f"{name}-{i}", namespace=namespace) for i in range(num_actors)]
+        pool.timeout_s = 600.0
         return pool
 
     def address(self) -> dict:
@@ -180,7 +183,7 @@ class RewardPool:
     def score(self, sequences: Sequence[str]) -> np.ndarray:
         """One batched call per actor; chunks whose actor died are retried after its restart."""
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
         sequences = list(sequences)
         if not sequences:
@@ -195,7 +198,11 @@ class RewardPool:
             refs = {i: chunks[i][0].score.remote(chunks[i][1]) for i in todo}
             for i, ref in refs.items():
                 try:
-                    results[i] = ray.get(ref)
+                    results[i] = ray.get(ref, timeout=self.timeout_s)
+                except GetTimeoutError:
+                    raise RewardError(
+                        f"reward {self.spec!r}: actor {self.name}-{i} gave no answer in {self.timeout_s:.0f} s"
+                    ) from None
                 except RayTaskError as e:
                     cause = getattr(e, "cause", None)
                     if isinstance(cause, RewardError):

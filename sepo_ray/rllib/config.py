@@ -63,7 +63,7 @@ class SEPOConfig(AlgorithmConfig):
         for name, (default, _) in SEPO_FIELDS.items():
             setattr(self, name, default)
         # RLlib settings (paper App. E.2: Adam, K = 2 epochs; lr as tuned for the CPU-sized default).
-        self.lr = 2e-4
+        self.lr = 3e-4
         self.num_epochs = 2
         self.minibatch_size = None
         self.shuffle_batch_per_epoch = False
