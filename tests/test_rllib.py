@@ -197,7 +197,7 @@ def test_run_stop_and_resume_keeps_history(ray_session, tmp_path):
     "reward,message",
     [
         ("tests.rewards_for_tests:nan_reward", "non-finite"),
-        ("tests.rewards_for_tests:wrong_count", "returned 63 values for 64 sequences"),
+        ("tests.rewards_for_tests:wrong_count", "returned 31 values for 32 sequences"),
         ("tests.rewards_for_tests:raising", "raised KeyError"),
     ],
 )
