@@ -35,7 +35,9 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def train_variants(out: Path, variants: list[str], iterations: int, seed: int, extra: list[str]) -> dict[str, dict]:
+def train_variants(
+    out: Path, variants: list[str], iterations: int, seed: int, extra: list[str]
+) -> dict[str, dict]:
     """Runs (or resumes, or reuses) each variant's fine-tuning; returns name -> result.json record."""
     from sepo_ray.run import main as run_main
 
@@ -46,7 +48,16 @@ def train_variants(out: Path, variants: list[str], iterations: int, seed: int, e
         record = json.loads(result.read_text()) if result.exists() else None
         done = record is not None and record["history"] and record["history"][-1]["iteration"] >= iterations
         if not done:
-            args = ["dna", "--iterations", str(iterations), "--output", str(run_dir), "--seed", str(seed), "--no-eval"]
+            args = [
+                "dna",
+                "--iterations",
+                str(iterations),
+                "--output",
+                str(run_dir),
+                "--seed",
+                str(seed),
+                "--no-eval",
+            ]
             for item in VARIANTS[name] + extra:
                 args += ["--set", item]
             if record is not None and record.get("checkpoints"):
@@ -86,13 +97,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sepo_ray.compare", description=__doc__.splitlines()[0])
     p.add_argument("task", choices=["dna"])
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--iterations", type=int, default=12, help="fine-tuning iterations per variant (same budget)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for all runs")
+    p.add_argument(
+        "--iterations", type=int, default=12, help="fine-tuning iterations per variant (same budget)"
+    )
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override for all runs"
+    )
     p.add_argument("--seed", type=int, default=0, help="training seed (the same for every variant)")
     p.add_argument("--num-samples", type=int, default=640)
     p.add_argument("--seeds", default="0,1,2", help="evaluation seeds")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps T for evaluation (default: the runs' T)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampling steps T for evaluation (default: the runs' T)"
+    )
     p.add_argument("--elbo-steps", type=int, default=None, help="ELBO time draws (default: the evaluator's)")
     p.add_argument("--skip-train", action="store_true", help="evaluate the runs already in DIR/runs")
     args = p.parse_args(argv)
@@ -118,8 +137,14 @@ def main(argv=None) -> int:
 
         ray.shutdown()
 
-    from sepo_ray.evaluate import REFERENCE_ROWS, evaluate_rows, format_table, load_generator, reference_sequences
-    from sepo_ray.evaluate import write_outputs
+    from sepo_ray.evaluate import (
+        REFERENCE_ROWS,
+        evaluate_rows,
+        format_table,
+        load_generator,
+        reference_sequences,
+        write_outputs,
+    )
     from sepo_ray.metrics import default_scorer
 
     first = next(iter(records.values()))
@@ -132,7 +157,9 @@ def main(argv=None) -> int:
     for ref in REFERENCE_ROWS:
         rows[ref] = lambda seed, ref=ref: reference_sequences(ref, args.num_samples, seed)
     scorer = default_scorer(elbo_steps=args.elbo_steps) if args.elbo_steps else None
-    metrics, samples = evaluate_rows(rows, seeds=seeds, num_samples=args.num_samples, steps=steps, scorer=scorer)
+    metrics, samples = evaluate_rows(
+        rows, seeds=seeds, num_samples=args.num_samples, steps=steps, scorer=scorer
+    )
     write_outputs(args.output, metrics, samples)
     budgets = {name: oracle_budget(r) for name, r in records.items()}
     table = format_table(metrics)
@@ -143,7 +170,9 @@ def main(argv=None) -> int:
         f"Seeds {seeds}, {args.num_samples} samples per seed and row, T = {steps}.\n\n"
     )
     (args.output / "table.md").write_text(header + table + "\n")
-    (args.output / "compare.json").write_text(json.dumps({"budgets": budgets, "steps": steps, "group": group}, indent=2))
+    (args.output / "compare.json").write_text(
+        json.dumps({"budgets": budgets, "steps": steps, "group": group}, indent=2)
+    )
     print(header + table, flush=True)
     return 0
 

@@ -109,15 +109,17 @@ def _json_default(o):
     return repr(o)
 
 
-def task_metrics(algo_or_model, task, num_samples: int, seed: int, steps: int, corrector_steps: int) -> dict:
-    """Metrics of fresh samples: the DNA table for ``dna``, reward statistics for any other task."""
+def evaluate_model(
+    model, task, num_samples: int, steps: int, corrector_steps: int, user_reward: str | None
+) -> dict:
+    """Metrics of ``num_samples`` fresh samples (seed 1234): the DNA table for ``dna``, else reward statistics;
+    plus ``user_reward_mean`` / ``user_reward_median`` when a user reward is given."""
     import torch
 
     from sepo_ray import diffusion
     from sepo_ray.oracles.pool import resolve_reward
 
-    model = algo_or_model
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         x = diffusion.sample(
             model,
@@ -127,30 +129,20 @@ def task_metrics(algo_or_model, task, num_samples: int, seed: int, steps: int, c
             corrector_steps=corrector_steps,
             generator=g,
             batch_size=128,
-        ).x
+        ).x  # (N, L)
     lut = np.frombuffer(task.alphabet.encode(), dtype=np.uint8)
     seqs = [row.tobytes().decode() for row in lut[x.numpy()]]
     if task.name == "dna":
         from sepo_ray.metrics import dna_metrics
 
-        return dna_metrics(seqs)
-    reward = resolve_reward(task.default_reward)(seqs)
-    return {"reward_mean": float(reward.mean()), "reward_median": float(np.median(reward))}
-
-
-def reward_metrics(model, task, reward_spec: str, num_samples: int, seed: int, steps: int) -> dict:
-    import torch
-
-    from sepo_ray import diffusion
-    from sepo_ray.oracles.pool import resolve_reward
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        x = diffusion.sample(model, num_samples, task.length, steps, generator=g, batch_size=128).x
-    lut = np.frombuffer(task.alphabet.encode(), dtype=np.uint8)
-    seqs = [row.tobytes().decode() for row in lut[x.numpy()]]
-    r = resolve_reward(reward_spec)(seqs)
-    return {"reward_mean": float(r.mean()), "reward_median": float(np.median(r))}
+        out = dna_metrics(seqs)
+    else:
+        r = resolve_reward(task.default_reward)(seqs)
+        out = {"reward_mean": float(r.mean()), "reward_median": float(np.median(r))}
+    if user_reward:
+        r = resolve_reward(user_reward)(seqs)
+        out.update(user_reward_mean=float(r.mean()), user_reward_median=float(np.median(r)))
+    return out
 
 
 def print_table(before: dict, after: dict) -> None:
@@ -220,7 +212,6 @@ def main(argv=None) -> int:
         "checkpoints": [],
         "final_checkpoint": None,
     }
-    reward_spec = config.reward or task.default_reward
     algo = config.build_algo()
     try:
         if previous is not None and previous.get("checkpoints"):
@@ -233,19 +224,14 @@ def main(argv=None) -> int:
             print(
                 f"before: metrics of {args.eval_samples} samples of the pretrained generator ...", flush=True
             )
-            model = algo.current_denoiser()
-            record["before"] = task_metrics(
-                model, task, args.eval_samples, 1234, config.denoise_steps, config.corrector_steps
+            record["before"] = evaluate_model(
+                algo.current_denoiser(),
+                task,
+                args.eval_samples,
+                config.denoise_steps,
+                config.corrector_steps,
+                args.reward,
             )
-            if args.reward:
-                record["before"].update(
-                    {
-                        f"user_{k}": v
-                        for k, v in reward_metrics(
-                            model, task, reward_spec, args.eval_samples, 1234, config.denoise_steps
-                        ).items()
-                    }
-                )
             write_json(result_path, record)
         while algo.iteration < args.iterations:
             t0 = time.time()
@@ -276,19 +262,14 @@ def main(argv=None) -> int:
             print(
                 f"after: metrics of {args.eval_samples} samples of the fine-tuned generator ...", flush=True
             )
-            model = algo.current_denoiser()
-            record["after"] = task_metrics(
-                model, task, args.eval_samples, 1234, config.denoise_steps, config.corrector_steps
+            record["after"] = evaluate_model(
+                algo.current_denoiser(),
+                task,
+                args.eval_samples,
+                config.denoise_steps,
+                config.corrector_steps,
+                args.reward,
             )
-            if args.reward:
-                record["after"].update(
-                    {
-                        f"user_{k}": v
-                        for k, v in reward_metrics(
-                            model, task, reward_spec, args.eval_samples, 1234, config.denoise_steps
-                        ).items()
-                    }
-                )
             write_json(result_path, record)
             print_table(record["before"], record["after"])
     except RewardError as e:

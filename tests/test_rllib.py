@@ -223,19 +223,14 @@ def test_reward_failing_later_keeps_last_checkpoint(ray_session, tmp_path, capsy
 
 
 def test_user_reward_rises(ray_session, tmp_path):
-    rc = run_main(
-        tmp_path, "--iterations", "8", "--reward", "sepo_ray.rewards:gc_content", "--set", "kl_alpha=0.0"
+    from sepo_ray.run import main
+
+    rc = main(
+        ["toy", "--output", str(tmp_path), "--iterations", "8", "--eval-samples", "256"]
+        + ["--reward", "sepo_ray.rewards:gc_content", "--set", "kl_alpha=0.0", "--set", "lr=3e-3"]
     )
     assert rc == 0
     record = json.loads((tmp_path / "result.json").read_text())
-    hist = [h["reward_mean"] for h in record["history"]]
-    assert np.mean(hist[-2:]) > np.mean(hist[:2]), hist
-    assert record["after"]["user_reward_mean"] > record["before"]["user_reward_mean"]
-
-
-def test_tune_reserves_gpu_oracle_actors():
-    from sepo_ray.rllib import SEPO
-
-    bundles = SEPO.default_resource_request(toy_config(oracle_actors=2, oracle_num_gpus=0.5)).bundles
-    assert bundles.count({"GPU": 0.5}) == 2
-    assert SEPO.default_resource_request(toy_config(oracle_actors=1)).bundles == [{"CPU": 1.0}]
+    assert len(record["history"]) == 8
+    # 256 fresh samples before and after (same seed): the user's reward, not the task's default, went up
+    assert record["after"]["user_reward_mean"] > record["before"]["user_reward_mean"] + 0.02, record
