@@ -64,34 +64,38 @@ def test_ray_job_submit_runs_sepo(tmp_path):
                 if time.time() > deadline or head.poll() is not None:
                     pytest.fail("the Ray head node did not come up")
                 time.sleep(1)
-        job = subprocess.run(
-            [
-                str(ray_bin),
-                "job",
-                "submit",
-                f"--address={address}",
-                "--working-dir",
-                str(ROOT),
-                "--",
-                "python",
-                "-m",
-                "sepo_ray.run",
-                "toy",
-                "--iterations",
-                "1",
-                "--no-eval",
-                "--output",
-                str(tmp_path / "run"),
-                "--set",
-                "prompts_per_batch=2",
-                "--set",
-                "group_size=2",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=420,
-        )
+        for _ in range(12):  # the job agent may come up a little after the dashboard answers
+            job = subprocess.run(
+                [
+                    str(ray_bin),
+                    "job",
+                    "submit",
+                    f"--address={address}",
+                    "--working-dir",
+                    str(ROOT),
+                    "--",
+                    "python",
+                    "-m",
+                    "sepo_ray.run",
+                    "toy",
+                    "--iterations",
+                    "1",
+                    "--no-eval",
+                    "--output",
+                    str(tmp_path / "run"),
+                    "--set",
+                    "prompts_per_batch=2",
+                    "--set",
+                    "group_size=2",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=420,
+            )
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(5)
         out = job.stdout + job.stderr
         assert job.returncode == 0, out[-3000:]
         assert "joined Ray cluster" in out, out[-3000:]
