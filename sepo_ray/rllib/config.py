@@ -144,7 +144,7 @@ class SEPOConfig(AlgorithmConfig):
             env_config["reward"] = self.reward or task.default_reward
         self.env_config = env_config
         model_config = dict(self._model_config or {}) if isinstance(self._model_config, dict) else {}
-        model_config.update(sepo=self.sepo_settings())
+        model_config.update(sepo=self.sepo_settings(), seed=self.seed)
         self._model_config = model_config
         super().validate()
 

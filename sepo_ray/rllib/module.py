@@ -39,6 +39,20 @@ EXTRA_KEYS = (
 )
 
 
+def _sampler_seed(seed: int | None) -> int:
+    """The config's seed (offset per Ray actor, so rollout workers draw different samples), else OS entropy."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (2**62))
+    try:
+        import ray
+
+        actor = ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - outside Ray
+        actor = None
+    offset = int(actor[-8:], 16) if actor else 0
+    return (int(seed) * 1_000_003 + offset) % (2**62)
+
+
 class SEPOTorchRLModule(TorchRLModule):
     """Wraps the task's denoiser ``model(z (B, L)) -> logits (B, L, m)``; the policy is its sampler."""
 
@@ -51,7 +65,7 @@ class SEPOTorchRLModule(TorchRLModule):
         self.denoiser = self.task.build_denoiser(settings["generator"])
         self.schedule = diffusion.LogLinearSchedule()
         self._rng = torch.Generator()
-        self._rng.manual_seed(int(np.random.SeedSequence().entropy % (2**62)))
+        self._rng.manual_seed(_sampler_seed(self.model_config.get("seed")))
 
     # ------------------------------------------------------------------------------------- sampling
     def generate(self, num: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
