@@ -213,6 +213,17 @@ def main(argv=None) -> int:
         "final_checkpoint": None,
     }
     algo = config.build_algo()
+
+    def current_metrics() -> dict:
+        return evaluate_model(
+            algo.current_denoiser(),
+            task,
+            args.eval_samples,
+            config.denoise_steps,
+            config.corrector_steps,
+            args.reward,
+        )
+
     try:
         if previous is not None and previous.get("checkpoints"):
             last = previous["checkpoints"][-1]
@@ -224,14 +235,7 @@ def main(argv=None) -> int:
             print(
                 f"before: metrics of {args.eval_samples} samples of the pretrained generator ...", flush=True
             )
-            record["before"] = evaluate_model(
-                algo.current_denoiser(),
-                task,
-                args.eval_samples,
-                config.denoise_steps,
-                config.corrector_steps,
-                args.reward,
-            )
+            record["before"] = current_metrics()
             write_json(result_path, record)
         while algo.iteration < args.iterations:
             t0 = time.time()
@@ -262,14 +266,7 @@ def main(argv=None) -> int:
             print(
                 f"after: metrics of {args.eval_samples} samples of the fine-tuned generator ...", flush=True
             )
-            record["after"] = evaluate_model(
-                algo.current_denoiser(),
-                task,
-                args.eval_samples,
-                config.denoise_steps,
-                config.corrector_steps,
-                args.reward,
-            )
+            record["after"] = current_metrics()
             write_json(result_path, record)
             print_table(record["before"], record["after"])
     except RewardError as e:
