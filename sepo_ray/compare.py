@@ -94,11 +94,16 @@ def best_of_n_row(budget: int, group: int, steps: int):
 
 
 def main(argv=None) -> int:
+    from sepo_ray.run import DEFAULT_ITERATIONS
+
     p = argparse.ArgumentParser(prog="python -m sepo_ray.compare", description=__doc__.splitlines()[0])
     p.add_argument("task", choices=["dna"])
     p.add_argument("--output", type=Path, required=True)
     p.add_argument(
-        "--iterations", type=int, default=12, help="fine-tuning iterations per variant (same budget)"
+        "--iterations",
+        type=int,
+        default=DEFAULT_ITERATIONS,
+        help="fine-tuning iterations per variant (same budget; default: the run's default)",
     )
     p.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}"

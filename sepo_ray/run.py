@@ -249,8 +249,9 @@ def main(argv=None) -> int:
                 "clip_frac": float(sepo_res.get("clip_frac", np.nan)),
                 "time_s": round(time.time() - t0, 3),
             }
-            if "heldout_pred_activity" in sepo_res:
-                row["heldout_pred_activity"] = float(sepo_res["heldout_pred_activity"])
+            for key, value in sepo_res.items():
+                if key.startswith("heldout_"):
+                    row[key] = float(value)
             record["history"].append(row)
             print(
                 f"iter {row['iteration']:>3}/{args.iterations} | reward mean {row['reward_mean']:.4f} "

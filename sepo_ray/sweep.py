@@ -15,6 +15,7 @@ The sweep file (every key is checked; an unknown key or an invalid range raises 
     mode: max                          # max | min
     select_metric: sepo/heldout_pred_activity  # what picks the best config (held-out eval oracle)
     select_mode: max
+    select_min: {sepo/heldout_kmer3_corr: 0.8}  # realism guards: a trial below any is never picked (optional)
     scheduler:                         # ASHA (async successive halving)
       type: asha
       time_attr: time_total_s          # seconds of training: fair when T and M change an iteration's cost
@@ -74,6 +75,7 @@ TOP_LEVEL_KEYS = frozenset(
         "mode",
         "select_metric",
         "select_mode",
+        "select_min",
         "scheduler",
         "num_samples",
         "max_concurrent_trials",
@@ -212,6 +214,7 @@ class SweepSpec:
     mode: str = "max"
     select_metric: str = DEFAULT_SELECT_METRIC
     select_mode: str = "max"
+    select_min: dict = field(default_factory=dict)
     num_samples: int = 1
     max_concurrent_trials: int = 1
     search_seed: int | None = None
@@ -240,7 +243,9 @@ class SweepSpec:
             f"sweep '{self.name}': {self.num_trials} trials, at most {self.max_concurrent_trials} at once; "
             f"{s.type.upper()} on {self.metric} ({self.mode}) by {s.time_attr} "
             f"(grace {s.grace_period:g}, max {s.max_t:g}, reduction factor {s.reduction_factor:g}); "
-            f"best config picked by {self.select_metric} ({self.select_mode}); "
+            f"best config picked by {self.select_metric} ({self.select_mode})"
+            + "".join(f", {k} >= {v:g}" for k, v in self.select_min.items())
+            + "; "
             f"searching {', '.join(self.searched_fields) or 'nothing'}"
         )
 
@@ -440,6 +445,13 @@ def parse_sweep_spec(raw: Any, known_fields: frozenset[str] | None = None) -> Sw
     mode = _str("mode", raw.get("mode", "max"), ("max", "min"))
     select_metric = _str("select_metric", raw.get("select_metric", DEFAULT_SELECT_METRIC))
     select_mode = _str("select_mode", raw.get("select_mode", "max"), ("max", "min"))
+    select_min = raw.get("select_min") or {}
+    if not isinstance(select_min, Mapping):
+        raise ValueError(f"select_min: expected a mapping of metric -> minimum, got {select_min!r}")
+    for key, value in select_min.items():
+        _str("select_min key", key)
+        _number(f"select_min.{key}", value)
+    select_min = {k: float(v) for k, v in select_min.items()}
 
     if "scheduler" not in raw:
         raise ValueError("scheduler: missing (an ASHA block: type, time_attr, max_t, grace_period, ...)")
@@ -532,6 +544,7 @@ def parse_sweep_spec(raw: Any, known_fields: frozenset[str] | None = None) -> Sw
         mode=mode,
         select_metric=select_metric,
         select_mode=select_mode,
+        select_min=select_min,
         scheduler=scheduler,
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent,
@@ -629,6 +642,7 @@ def _shown_metrics(spec: SweepSpec) -> dict[str, str]:
         spec.metric: spec.metric.rsplit("/", 1)[-1],
         "sepo/kl": "kl",
         spec.select_metric: spec.select_metric.rsplit("/", 1)[-1],
+        **{k: k.rsplit("/", 1)[-1] for k in spec.select_min},
     }
 
 
@@ -710,6 +724,8 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
 
     metrics = {spec.metric: summary(spec.metric, spec.mode)}
     metrics[spec.select_metric] = summary(spec.select_metric, spec.select_mode)
+    for key in spec.select_min:
+        metrics.setdefault(key, summary(key, "max"))
     for key in ("training_iteration", spec.scheduler.time_attr, *spec.stop):
         if key not in metrics:
             metrics[key] = _finite(last.get(key))
@@ -722,10 +738,14 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
     # ASHA decides only on the first result at or past a rung: a trial whose last result crossed one
     # without reaching max_t or a stop threshold was stopped by the scheduler.
     crossed_rung = clock is not None and any((before or 0.0) < r <= clock for r in asha_rungs(spec.scheduler))
+    # the realism guards, on each metric's last reported value (None: some guard metric was never reported)
+    lasts = [metrics[k]["last"] for k in spec.select_min]
+    meets = None if None in lasts else all(v >= spec.select_min[k] for k, v in zip(spec.select_min, lasts))
     return {
         "trial_id": str(record.get("trial_id")),
         "status": status,
         "stopped_early": status == "TERMINATED" and crossed_rung and not (reached_max_t or reached_stop),
+        "meets_select_min": meets if spec.select_min else True,
         "config": _jsonable(dict(record.get("config") or {})),
         "metrics": _jsonable(metrics),
         "error": record.get("error"),
@@ -735,10 +755,12 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
 def select_best(rows: Sequence[Mapping], spec: SweepSpec) -> dict | None:
     """The best trial by the last reported ``select_metric`` (held-out Pred-Activity).
 
-    Candidates, first non-empty set wins: trials that ran to the end (not stopped early, not errored) and
-    reported the metric; any trial that reported it; then, as a fallback, trials ranked by the scheduler's
-    ``metric`` (last value). Returns None when no trial reported either.
+    Only trials that meet every ``select_min`` guard (on its last reported value) are candidates. Among them,
+    first non-empty set wins: trials that ran to the end (not stopped early, not errored) and reported the
+    metric; any trial that reported it; then, as a fallback, trials ranked by the scheduler's ``metric``
+    (last value). Returns None when no candidate reported either.
     """
+    rows = [r for r in rows if r.get("meets_select_min", True)]
     for key, mode in ((spec.select_metric, spec.select_mode), (spec.metric, spec.mode)):
         scored = [r for r in rows if (r["metrics"].get(key) or {}).get("last") is not None]
         finished = [r for r in scored if r["status"] == "TERMINATED" and not r["stopped_early"]]
@@ -770,6 +792,7 @@ def sweep_report(spec: SweepSpec, records: Sequence[Mapping], experiment_path: s
             "mode": spec.mode,
             "select_metric": spec.select_metric,
             "select_mode": spec.select_mode,
+            "select_min": spec.select_min,
             "scheduler": {
                 "type": s.type,
                 "time_attr": s.time_attr,
@@ -784,6 +807,7 @@ def sweep_report(spec: SweepSpec, records: Sequence[Mapping], experiment_path: s
             "num_terminated": sum(r["status"] == "TERMINATED" for r in rows),
             "num_errored": sum(r["status"] == "ERROR" for r in rows),
             "num_stopped_early": sum(bool(r["stopped_early"]) for r in rows),
+            "num_below_select_min": sum(not r["meets_select_min"] for r in rows),
             "best": best,
             "trials": rows,
         }
@@ -809,16 +833,24 @@ def format_report(report: Mapping) -> str:
         f"{report['num_trials']} trials: {report['num_terminated']} terminated "
         f"({report['num_stopped_early']} stopped early by the scheduler), {report['num_errored']} errored"
     ]
+    guards = report.get("select_min") or {}
     for row in report["trials"]:
         m = row["metrics"]
         reward = (m.get(metric) or {}).get("last")
         heldout = (m.get(select) or {}).get("last")
+        extra = "".join(f" {k}={_fmt((m.get(k) or {}).get('last'))}" for k in guards)
+        flag = "" if row.get("meets_select_min", True) else "  [below select_min]"
         lines.append(
             f"  {row['trial_id']:<12} {row['status']:<10} {'early' if row['stopped_early'] else '     '} "
-            f"{metric}={_fmt(reward)} {select}={_fmt(heldout)} {_fmt_config(row['config'])}"
+            f"{metric}={_fmt(reward)} {select}={_fmt(heldout)}{extra} {_fmt_config(row['config'])}{flag}"
         )
     best = report.get("best")
-    if best is None:
+    if best is None and guards and report.get("num_below_select_min"):
+        bounds = ", ".join(f"{k} >= {v:g}" for k, v in guards.items())
+        lines.append(
+            f"No trial met select_min ({bounds}) with {select} or {metric} reported: no best config."
+        )
+    elif best is None:
         lines.append(f"No trial reported {select} or {metric}: no best config.")
     else:
         lines.append(
@@ -905,7 +937,7 @@ def _trial_records(grid: Any, spec: SweepSpec) -> list[dict]:
     Result objects are the fallback when they are not reachable.
     """
     wanted = {"training_iteration", spec.scheduler.time_attr, spec.metric, spec.select_metric, "sepo/kl"}
-    wanted |= set(spec.stop)
+    wanted |= set(spec.stop) | set(spec.select_min)
     analysis = getattr(grid, "_experiment_analysis", None)
     trials = getattr(analysis, "trials", None)
     records = []

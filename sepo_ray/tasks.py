@@ -22,6 +22,9 @@ class Task:
     name: registry name. length: L tokens per sequence. num_tokens: m clean tokens (MASK = m).
     alphabet: m characters; rewards receive sequences as strings over it. default_reward: reward spec used
     when the config names none. heldout_reward: reward spec of the held-out (evaluation) oracle, or None.
+    heldout_realism: ``(name, "module:function")`` of a realism score computed on the same held-out samples
+    (a function of a list of sequences returning one float, higher = more like real data; reported as
+    ``sepo/heldout_<name>``), or None. It tells an oracle-fooling policy from a good one.
     build: ``build(generator: str | None) -> torch.nn.Module``, the pretrained denoiser (None = the task's own).
     """
 
@@ -32,6 +35,7 @@ class Task:
     default_reward: str
     heldout_reward: str | None
     build: Callable[[str | None], torch.nn.Module] = field(repr=False)
+    heldout_realism: tuple[str, str] | None = None
 
     def build_denoiser(self, generator: str | None = None) -> torch.nn.Module:
         return self.build(generator)
@@ -72,6 +76,8 @@ TASKS: dict[str, Task] = {
         default_reward="dna_ft",
         heldout_reward="dna_eval",
         build=_dna_generator,
+        # 3-mer frequency correlation with real HepG2 DHS (pretrained ~0.96; reward hacking drives it to ~0.1)
+        heldout_realism=("kmer3_corr", "sepo_ray.metrics:kmer3_corr"),
     ),
     "toy": Task(
         name="toy",

@@ -14,15 +14,6 @@ from sepo_ray.metrics import METRIC_KEYS, DNAScorer
 from sepo_ray.models import DNAConvDenoiser, save_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool synchronisation on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_generator():
     torch.manual_seed(0)

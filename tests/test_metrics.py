@@ -13,15 +13,6 @@ from sepo_ray.data import HEPG2, decode, load_dhs
 from sepo_ray.models import DNAConvDenoiser
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool synchronisation on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_pearson_and_kmer3_corr_hand_cases():
     assert metrics.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert metrics.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)

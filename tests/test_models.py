@@ -24,15 +24,6 @@ from sepo_ray.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool synchronisation on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _drakes_keys(num_layers: int) -> dict[str, tuple]:
     """Backbone keys and shapes of DRAKES' pretrained.ckpt (hidden 128, 4 stacks, 5-symbol alphabet)."""
     h = 128

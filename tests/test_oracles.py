@@ -13,15 +13,6 @@ from sepo_ray.oracles import ORACLES, MotifScanner, get_oracle, log_odds_pwm, sc
 from sepo_ray.pretrain import auroc
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool synchronisation on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def heldout():
     """400 HepG2 and 400 other DHS of the test chromosome (chr1), seeded."""

@@ -279,6 +279,48 @@ def test_best_falls_back_to_reward_when_nothing_reported_heldout():
     assert select_best([], spec) is None
 
 
+def test_select_min_guards_keep_reward_hackers_out():
+    real = "sepo/heldout_kmer3_corr"
+    spec = parse_sweep_spec(
+        minimal(scheduler={"max_t": 10, "grace_period": 1}, select_min={real: 0.8}), FIELDS
+    )
+    assert spec.select_min == {real: 0.8} and f"{real} >= 0.8" in spec.describe()
+
+    def record(tid, heldout, kmer):
+        hist = _hist(10, 1.0, lambda i: 1.0, 5, lambda i: heldout)
+        for row in hist:
+            row[real] = kmer if row["training_iteration"] % 5 == 0 else float("nan")
+        return {"trial_id": tid, "status": "TERMINATED", "config": {"clip_eps": 0.1}, "history": hist}
+
+    # "hack" has the best held-out oracle score but its sequences stopped looking like DNA
+    records = [record("hack", 3.0, 0.1), record("good", 1.0, 0.9), record("edge", 0.5, 0.8)]
+    records.append({"trial_id": "blind", "status": "TERMINATED", "config": {},
+                    "history": _hist(10, 1.0, lambda i: 9.0)})  # fmt: skip
+    rows = {r["trial_id"]: summarize_trial(r, spec) for r in records}
+    assert rows["hack"]["meets_select_min"] is False and rows["good"]["meets_select_min"] is True
+    assert rows["edge"]["meets_select_min"] is True  # the bound is inclusive
+    assert rows["blind"]["meets_select_min"] is None  # never reported the guard: not eligible
+    assert rows["hack"]["metrics"][real] == {"last": 0.1, "best": 0.1, "num_reports": 2}
+    report = sweep_report(spec, records)
+    assert report["best"]["trial_id"] == "good" and report["num_below_select_min"] == 2
+    text = sweep.format_report(report)
+    assert "[below select_min]" in text and "kmer3_corr=0.1" in text
+    # without the guard the oracle-fooling trial wins
+    assert sweep_report(_spec(), records)["best"]["trial_id"] == "hack"
+    # nobody passes: no best config, and the message says why
+    strict = parse_sweep_spec(
+        minimal(scheduler={"max_t": 10, "grace_period": 1}, select_min={real: 0.95}), FIELDS
+    )
+    report = sweep_report(strict, records)
+    assert report["best"] is None and "No trial met select_min" in sweep.format_report(report)
+
+
+@pytest.mark.parametrize("bad", [0.8, ["sepo/x"], {"sepo/x": "high"}])
+def test_select_min_must_map_metrics_to_numbers(bad):
+    with pytest.raises(ValueError, match="select_min"):
+        parse_sweep_spec(minimal(select_min=bad), FIELDS)
+
+
 # --------------------------------------------------------------------------------- a whole sweep (stand-in)
 class StandInSEPO(tune.Trainable):
     """A trainable with SEPO's result layout: reward grows by clip_eps per iteration, held-out every 2nd.
@@ -411,6 +453,7 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
     )  # fmt: skip
     raw["base_config"].update(prompts_per_batch=2, group_size=2, heldout_eval_interval=2, heldout_samples=8)
     raw["search_space"]["denoise_steps"] = {"choice": [4, 8]}
+    raw["select_min"] = {"sepo/heldout_kmer3_corr": -1.0}  # 8 samples: too few for the shipped bound
     spec = parse_sweep_spec(raw)
     report = run_sweep(spec, tmp_path / "out", verbose=1)
     assert (tmp_path / "out" / "sweep.json").is_file()
@@ -418,6 +461,14 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
     assert report["num_trials"] == 4 and report["num_errored"] == 0, errors
     assert report["best"] is not None
     assert set(report["best"]["config"]) == set(spec.searched_fields)
+    # the realism score is reported with every held-out evaluation, on the same samples
+    for t in report["trials"]:
+        held, real = t["metrics"]["sepo/heldout_pred_activity"], t["metrics"]["sepo/heldout_kmer3_corr"]
+        assert real["num_reports"] == held["num_reports"]
+        assert t["meets_select_min"] is (True if held["num_reports"] else None)
+        if real["last"] is not None:
+            assert -1.0 <= real["last"] <= 1.0
+    assert any(t["metrics"]["sepo/heldout_kmer3_corr"]["num_reports"] for t in report["trials"])
 
 
 def test_values_sepo_config_refuses_stop_the_sweep_before_it_starts(tmp_path):

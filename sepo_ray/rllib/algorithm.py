@@ -148,7 +148,8 @@ class SEPO(Algorithm):
 
         self._log_sepo_metrics(rewards, learner_results)
         if cfg.heldout_eval_interval and (self.training_iteration + 1) % cfg.heldout_eval_interval == 0:
-            self.metrics.log_value((SEPO_KEY, "heldout_pred_activity"), self.heldout_score(), window=1)
+            for name, value in self.heldout_metrics().items():
+                self.metrics.log_value((SEPO_KEY, name), value, window=1)
 
     # ------------------------------------------------------------------------------------------ score
     def _check_rewards(self, episodes) -> np.ndarray:
@@ -212,14 +213,21 @@ class SEPO(Algorithm):
         model.load_state_dict(state)
         return model.eval()
 
-    def heldout_score(self, num_samples: int | None = None, seed: int = 0) -> float:
-        """Median held-out oracle score (never used in training) of fresh samples from the current model."""
+    def heldout_metrics(self, num_samples: int | None = None, seed: int = 0) -> dict[str, float]:
+        """Held-out scores of fresh samples from the current model (nothing here is used in training).
+
+        ``heldout_pred_activity``: median score of the task's held-out (evaluation) oracle; and, when the task
+        names one, ``heldout_<realism>`` (DNA: ``heldout_kmer3_corr``) on the same samples. {} when the task
+        has no held-out oracle.
+        """
+        import importlib
+
         from sepo_ray import diffusion
 
         cfg = self.config
         task = cfg.task_spec()
         if task.heldout_reward is None:
-            return float("nan")
+            return {}
         if self._heldout_reward is None:
             self._heldout_reward = resolve_reward(task.heldout_reward)
         g = torch.Generator().manual_seed(seed)
@@ -234,7 +242,12 @@ class SEPO(Algorithm):
             )
         lut = np.frombuffer(task.alphabet.encode(), dtype=np.uint8)
         seqs = [row.tobytes().decode() for row in lut[out.x.numpy()]]
-        return float(np.median(self._heldout_reward(seqs)))
+        metrics = {"heldout_pred_activity": float(np.median(self._heldout_reward(seqs)))}
+        if task.heldout_realism is not None:
+            name, spec = task.heldout_realism
+            module, _, attr = spec.partition(":")
+            metrics[f"heldout_{name}"] = float(getattr(importlib.import_module(module), attr)(seqs))
+        return metrics
 
     # ---------------------------------------------------------------------------------- checkpointing
     def get_state(self, *args, **kwargs):
