@@ -10,28 +10,39 @@
 3. writes ``DIR/metrics.json``, ``DIR/table.md`` (Markdown), ``DIR/pred_activity.png`` (violins) and
    ``DIR/samples.parquet``.
 
+Each evaluated row is kept in ``DIR/rows/`` with a fingerprint of what produced it (the generator file's
+hash, seeds, sample count, T, ELBO draws, the oracle budget): a rerun, or one that adds a variant, evaluates
+only the rows that changed, and an interrupted comparison loses at most the row it was on.
+
 Rows: ``pretrained``; ``best_of_n`` (the pretrained model with the same oracle budget spent on selection: the
 budget's C candidates form groups of N = group size, the fine-tuning oracle keeps the best of each group, so
 the row holds C / N sequences per seed); ``sepo_grpo`` (the default SEPO GRPO); ``sepo_no_snis`` (pi_hat from
 y's single parent, no SNIS); ``sepo_gradient_flow`` (one corrector step after each predictor step, Sec. 3.3);
-``trajectory_grpo`` (the DDPO / d1-style policy gradient on the sampler's own per-step log-probabilities); and
-the real HepG2 / non-HepG2 test sequences as references.
+``trajectory_grpo`` (the DDPO / d1-style policy gradient on the sampler's own per-step log-probabilities);
+``trajectory_grpo_kl0.01`` (the same with alpha = 0.01: its loss is a mean over the T steps while SEPO's carries
+the L/K position weight, so at SEPO's alpha the KL term outweighs its policy term by about two orders of
+magnitude); and the real HepG2 / non-HepG2 test sequences as references.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from sepo_ray.models import denoiser_file
 
 VARIANTS: dict[str, list[str]] = {
     "sepo_grpo": [],
     "sepo_no_snis": ["snis_samples=0"],
     "sepo_gradient_flow": ["corrector_steps=1"],
     "trajectory_grpo": ["objective=trajectory"],
+    "trajectory_grpo_kl0.01": ["objective=trajectory", "kl_alpha=0.01"],
 }
 
 
@@ -93,6 +104,81 @@ def best_of_n_row(budget: int, group: int, steps: int):
     return row
 
 
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def scoring_fingerprint() -> str:
+    """Hash of every shipped DNA artifact (oracles, accessibility classifier, the ELBO's generator)."""
+    h = hashlib.sha256()
+    for path in sorted(denoiser_file("pretrained").parent.glob("*")):
+        if path.is_file():
+            h.update(path.name.encode() + _file_hash(path).encode())
+    return h.hexdigest()[:16]
+
+
+def row_fingerprint(name: str, source: dict, settings: dict) -> dict:
+    """What a row's numbers depend on: its source (a generator file's hash, a budget, a reference set)
+    and the evaluation settings. A cached row is reused only when this matches exactly."""
+    return {"row": name, **source, **settings}
+
+
+def load_cached_row(cache: Path, name: str, fingerprint: dict):
+    """(metrics, samples) of a row evaluated before with the same fingerprint, or None."""
+    import pandas as pd
+
+    meta, table = cache / f"{name}.json", cache / f"{name}.parquet"
+    if not (meta.is_file() and table.is_file()):
+        return None
+    saved = json.loads(meta.read_text())
+    if saved.get("fingerprint") != fingerprint:
+        return None
+    return saved["metrics"], pd.read_parquet(table)
+
+
+def save_cached_row(cache: Path, name: str, fingerprint: dict, metrics: dict, samples) -> None:
+    """Write a row's metrics and samples (parquet first, then the JSON that makes the pair valid)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    samples.to_parquet(cache / f"{name}.parquet", index=False)
+    tmp = cache / f"{name}.json.tmp"
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "metrics": metrics}, indent=2) + "\n")
+    os.replace(tmp, cache / f"{name}.json")
+
+
+def row_plan(
+    records: dict[str, dict], seeds: list[int], num_samples: int, steps: int, elbo_steps: int
+) -> dict:
+    """Every row of the table, in order: name -> (fingerprint, factory of its spec for ``evaluate_rows``)."""
+    from sepo_ray.evaluate import REFERENCE_ROWS, load_generator, reference_sequences
+
+    first = next(iter(records.values()))
+    budget, group = oracle_budget(first), int(first["config"]["group_size"])
+    settings = {
+        "seeds": list(seeds),
+        "num_samples": num_samples,
+        "steps": steps,
+        "elbo_steps": elbo_steps,
+        "artifacts": scoring_fingerprint(),
+    }
+    pretrained_hash = _file_hash(denoiser_file("pretrained"))
+    sources = {
+        "pretrained": ({"generator": pretrained_hash}, lambda: load_generator("pretrained")),
+        "best_of_n": (
+            {"generator": pretrained_hash, "budget": budget, "group": group},
+            lambda: best_of_n_row(budget, group, steps),
+        ),
+    }
+    for name, record in records.items():
+        source = denoiser_file(record["final_checkpoint"])
+        sources[name] = ({"generator": _file_hash(source)}, lambda src=source: load_generator(str(src)))
+    for ref in REFERENCE_ROWS:
+        sources[ref] = (
+            {"reference": ref},
+            lambda ref=ref: lambda seed: reference_sequences(ref, num_samples, seed),
+        )
+    return {name: (row_fingerprint(name, src, settings), f) for name, (src, f) in sources.items()}
+
+
 def main(argv=None) -> int:
     from sepo_ray.run import DEFAULT_ITERATIONS
 
@@ -142,41 +228,50 @@ def main(argv=None) -> int:
 
         ray.shutdown()
 
-    from sepo_ray.evaluate import (
-        REFERENCE_ROWS,
-        evaluate_rows,
-        format_table,
-        load_generator,
-        reference_sequences,
-        write_outputs,
-    )
-    from sepo_ray.metrics import default_scorer
+    import pandas as pd
 
+    from sepo_ray.evaluate import evaluate_rows, format_table, write_outputs
+    from sepo_ray.metrics import ELBO_STEPS, default_scorer
+
+    if not records:
+        p.error(f"no finished runs in {args.output / 'runs'} for {variants}")
     first = next(iter(records.values()))
     steps = args.steps or int(first["config"]["denoise_steps"])
     budget = oracle_budget(first)
     group = int(first["config"]["group_size"])
-    rows = {"pretrained": load_generator("pretrained"), "best_of_n": best_of_n_row(budget, group, steps)}
-    for name, record in records.items():
-        rows[name] = load_generator(record["final_checkpoint"])
-    for ref in REFERENCE_ROWS:
-        rows[ref] = lambda seed, ref=ref: reference_sequences(ref, args.num_samples, seed)
-    scorer = default_scorer(elbo_steps=args.elbo_steps) if args.elbo_steps else None
-    metrics, samples = evaluate_rows(
-        rows, seeds=seeds, num_samples=args.num_samples, steps=steps, scorer=scorer
-    )
+    plan = row_plan(records, seeds, args.num_samples, steps, args.elbo_steps or ELBO_STEPS)
+    cache = args.output / "rows"
+    scorer = None
+    metrics, frames = {}, []
+    for name, (fingerprint, factory) in plan.items():
+        cached = load_cached_row(cache, name, fingerprint)
+        if cached is not None:
+            print(f"== {name}: reusing {cache / name}.json (same fingerprint)", flush=True)
+            row_metrics, row_samples = cached
+        else:
+            scorer = scorer or default_scorer(elbo_steps=args.elbo_steps or ELBO_STEPS)
+            out, row_samples = evaluate_rows(
+                {name: factory()}, seeds=seeds, num_samples=args.num_samples, steps=steps, scorer=scorer
+            )
+            row_metrics = out[name]
+            save_cached_row(cache, name, fingerprint, row_metrics, row_samples)
+        metrics[name] = row_metrics
+        frames.append(row_samples)
+    samples = pd.concat(frames, ignore_index=True)
     write_outputs(args.output, metrics, samples)
     budgets = {name: oracle_budget(r) for name, r in records.items()}
+    final_kl = {name: float(r["history"][-1]["kl"]) for name, r in records.items() if r["history"]}
     table = format_table(metrics)
     header = (
         f"Oracle budget: {budget} fine-tuning-oracle calls per method ({len(first['history'])} iterations x "
         f"{budget // max(1, len(first['history']))} sequences); best_of_n keeps the best of each group of "
         f"{group} among {budget} pretrained samples ({budget // group} sequences per seed). "
-        f"Seeds {seeds}, {args.num_samples} samples per seed and row, T = {steps}.\n\n"
+        f"Seeds {seeds}, {args.num_samples} samples per seed and row, T = {steps}. Path KL to the pretrained "
+        f"model at the last iteration: {', '.join(f'{k} {v:.3g}' for k, v in final_kl.items())}.\n\n"
     )
     (args.output / "table.md").write_text(header + table + "\n")
     (args.output / "compare.json").write_text(
-        json.dumps({"budgets": budgets, "steps": steps, "group": group}, indent=2)
+        json.dumps({"budgets": budgets, "final_kl": final_kl, "steps": steps, "group": group}, indent=2)
     )
     print(header + table, flush=True)
     return 0

@@ -8,7 +8,15 @@ from .classifiers import (
     strand_averaged_logits,
 )
 from .dnaconv import DNAConvDenoiser, from_drakes_state_dict
-from .io import MODEL_CLASSES, build_model, load_denoiser, load_model, read_metadata, save_model
+from .io import (
+    MODEL_CLASSES,
+    build_model,
+    denoiser_file,
+    load_denoiser,
+    load_model,
+    read_metadata,
+    save_model,
+)
 
 __all__ = [
     "MODEL_CLASSES",
@@ -17,6 +25,7 @@ __all__ = [
     "KmerFeatures",
     "KmerMLPClassifier",
     "build_model",
+    "denoiser_file",
     "canonical_kmer_index",
     "from_drakes_state_dict",
     "load_denoiser",

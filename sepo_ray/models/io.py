@@ -64,18 +64,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 PRETRAINED = {"pretrained": "generator", "dna": "generator"}
 
 
-def load_denoiser(name_or_path: str | Path = "pretrained", device: str | torch.device = "cpu") -> nn.Module:
-    """Load a DNA denoiser (protocol: ``model(z (B, L)) -> logits (B, L, m)``, ``model.num_tokens``), eval mode.
-
-    ``name_or_path``:
-      - ``"pretrained"`` (or ``"dna"``): the shipped generator ``sepo_ray/artifacts/dna/generator.safetensors``;
-      - a ``.safetensors`` file written by :func:`save_model` (class and config in its header);
-      - a ``.safetensors`` file holding DRAKES backbone weights (keys ``linear.weight``, ``convs.0.weight``, ...,
-        optionally prefixed ``backbone.``), see :func:`~sepo_ray.models.dnaconv.from_drakes_state_dict`;
-      - a directory holding exactly one ``*.safetensors`` file (or one named generator/denoiser/model).
-    """
-    from .dnaconv import from_drakes_state_dict
-
+def denoiser_file(name_or_path: str | Path = "pretrained") -> Path:
+    """The ``.safetensors`` file :func:`load_denoiser` reads for ``name_or_path`` (same rules, same errors)."""
     if str(name_or_path) in PRETRAINED:
         path = (
             Path(__file__).resolve().parent.parent
@@ -103,6 +93,22 @@ def load_denoiser(name_or_path: str | Path = "pretrained", device: str | torch.d
         raise ValueError(
             f"name_or_path must be 'pretrained', a .safetensors file or a directory, got {name_or_path!r}"
         )
+    return path
+
+
+def load_denoiser(name_or_path: str | Path = "pretrained", device: str | torch.device = "cpu") -> nn.Module:
+    """Load a DNA denoiser (protocol: ``model(z (B, L)) -> logits (B, L, m)``, ``model.num_tokens``), eval mode.
+
+    ``name_or_path``:
+      - ``"pretrained"`` (or ``"dna"``): the shipped generator ``sepo_ray/artifacts/dna/generator.safetensors``;
+      - a ``.safetensors`` file written by :func:`save_model` (class and config in its header);
+      - a ``.safetensors`` file holding DRAKES backbone weights (keys ``linear.weight``, ``convs.0.weight``, ...,
+        optionally prefixed ``backbone.``), see :func:`~sepo_ray.models.dnaconv.from_drakes_state_dict`;
+      - a directory holding exactly one ``*.safetensors`` file (or one named generator/denoiser/model).
+    """
+    from .dnaconv import from_drakes_state_dict
+
+    path = denoiser_file(name_or_path)
     meta = read_metadata(path)
     if "class" in meta:
         model = load_model(path, device)

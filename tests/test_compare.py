@@ -1,0 +1,114 @@
+"""The Table-2 comparison: oracle budget, best-of-N, outputs, and the per-row cache (tiny generators, few samples)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sepo_ray import compare, evaluate
+from sepo_ray.models import DNAConvDenoiser, save_model
+
+ROWS = ["pretrained", "best_of_n", "sepo_grpo", "trajectory_grpo", "real_hepg2_test", "real_nonhepg2_test"]
+
+
+def _fake_run(root, name, seed, iterations=1, batch=2, group=2):
+    """A finished `sepo_ray.run` directory: result.json and a (tiny, random) fine-tuned generator."""
+    torch.manual_seed(seed)
+    ckpt = root / "runs" / name / "checkpoints" / f"iter_{iterations:04d}"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_model(DNAConvDenoiser(hidden_dim=8, num_cnn_stacks=1).eval(), ckpt / "generator.safetensors")
+    record = {
+        "config": {"prompts_per_batch": batch, "group_size": group, "denoise_steps": 2},
+        "history": [{"iteration": i + 1, "kl": 0.1 * (i + 1)} for i in range(iterations)],
+        "final_checkpoint": str(ckpt),
+        "checkpoints": [str(ckpt)],
+    }
+    (root / "runs" / name / "result.json").write_text(json.dumps(record))
+    return record
+
+
+def _args(out):
+    return ["dna", "--output", str(out), "--skip-train", "--variants", "sepo_grpo,trajectory_grpo",
+            "--num-samples", "6", "--seeds", "0,1", "--elbo-steps", "1"]  # fmt: skip
+
+
+def test_oracle_budget_counts_every_sequence_scored():
+    record = {"config": {"prompts_per_batch": 4, "group_size": 8}, "history": [{}] * 16}
+    assert compare.oracle_budget(record) == 512
+
+
+def test_row_cache_round_trip_and_fingerprint_mismatch(tmp_path):
+    import pandas as pd
+
+    fp = compare.row_fingerprint("x", {"generator": "abc"}, {"seeds": [0], "num_samples": 4})
+    samples = pd.DataFrame({"row": ["x"], "seed": [0], "sequence": ["ACGT"], "pred_activity": [1.5]})
+    metrics = {"pred_activity_median": {"mean": 1.5, "std": 0.0}}
+    assert compare.load_cached_row(tmp_path, "x", fp) is None
+    compare.save_cached_row(tmp_path, "x", fp, metrics, samples)
+    got_metrics, got_samples = compare.load_cached_row(tmp_path, "x", fp)
+    assert got_metrics == metrics and got_samples.equals(samples)
+    other = compare.row_fingerprint("x", {"generator": "abd"}, {"seeds": [0], "num_samples": 4})
+    assert compare.load_cached_row(tmp_path, "x", other) is None
+    (tmp_path / "x.parquet").unlink()  # a half-written row is not a row
+    assert compare.load_cached_row(tmp_path, "x", fp) is None
+
+
+def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, monkeypatch, capsys):
+    _fake_run(tmp_path, "sepo_grpo", seed=1)
+    _fake_run(tmp_path, "trajectory_grpo", seed=2)
+    assert compare.main(_args(tmp_path)) == 0
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics) == ROWS
+    table = (tmp_path / "table.md").read_text()
+    assert "Oracle budget: 4 fine-tuning-oracle calls per method" in table
+    assert all(f"| {row} |" in table for row in ROWS)
+    info = json.loads((tmp_path / "compare.json").read_text())
+    assert info["budgets"] == {"sepo_grpo": 4, "trajectory_grpo": 4}
+    assert info["final_kl"] == {"sepo_grpo": pytest.approx(0.1), "trajectory_grpo": pytest.approx(0.1)}
+    assert (tmp_path / "pred_activity.png").stat().st_size > 0
+    import pandas as pd
+
+    samples = pd.read_parquet(tmp_path / "samples.parquet")
+    counts = samples.groupby("row").size().to_dict()
+    # best-of-N keeps one of each group of 2 among the 4 candidates the budget buys: 2 per seed
+    assert counts["best_of_n"] == 2 * 2 and counts["pretrained"] == 6 * 2
+    assert {p.stem for p in (tmp_path / "rows").glob("*.json")} == set(ROWS)
+
+    # a rerun with nothing changed evaluates nothing
+    def refuse(rows, **kwargs):
+        raise AssertionError(f"re-evaluated {list(rows)}")
+
+    monkeypatch.setattr(evaluate, "evaluate_rows", refuse)
+    capsys.readouterr()
+    assert compare.main(_args(tmp_path)) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert capsys.readouterr().out.count("reusing") == len(ROWS)
+
+    # a changed generator re-evaluates its own row only
+    monkeypatch.undo()
+    seen = []
+    real = evaluate.evaluate_rows
+
+    def spy(rows, **kwargs):
+        seen.extend(rows)
+        return real(rows, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_rows", spy)
+    _fake_run(tmp_path, "trajectory_grpo", seed=3)
+    assert compare.main(_args(tmp_path)) == 0
+    assert seen == ["trajectory_grpo"]
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert again["sepo_grpo"] == metrics["sepo_grpo"]
+    assert again["trajectory_grpo"] != metrics["trajectory_grpo"]
+
+
+def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["dna", "--output", str(tmp_path), "--skip-train", "--variants", "sepo_fast"])
+    assert "unknown ['sepo_fast']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(["dna", "--output", str(tmp_path), "--skip-train", "--variants", "sepo_grpo"])
+    assert "no finished runs" in capsys.readouterr().err
