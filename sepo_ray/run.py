@@ -253,10 +253,13 @@ def main(argv=None) -> int:
                 if key.startswith("heldout_"):
                     row[key] = float(value)
             record["history"].append(row)
+            heldout = ", ".join(
+                f"{k.removeprefix('heldout_')} {v:.3f}" for k, v in row.items() if k.startswith("heldout_")
+            )
             print(
                 f"iter {row['iteration']:>3}/{args.iterations} | reward mean {row['reward_mean']:.4f} "
                 f"median {row['reward_median']:.4f} | kl {row['kl']:.4f} | clip {row['clip_frac']:.3f} | "
-                f"{row['time_s']:.1f} s",
+                f"{row['time_s']:.1f} s" + (f" | held-out {heldout}" if heldout else ""),
                 flush=True,
             )
             if algo.iteration % config.checkpoint_frequency == 0 or algo.iteration == args.iterations:
