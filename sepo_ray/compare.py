@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from sepo_ray.models import denoiser_file
+from sepo_ray.run import parse_overrides
 
 VARIANTS: dict[str, list[str]] = {
     "sepo_grpo": [],
@@ -57,6 +58,12 @@ def train_variants(
         run_dir = out / "runs" / name
         result = run_dir / "result.json"
         record = json.loads(result.read_text()) if result.exists() else None
+        wanted = parse_overrides(VARIANTS[name] + extra)
+        if record is not None and (record.get("seed") != seed or record.get("overrides") != wanted):
+            raise ValueError(
+                f"{run_dir} was trained with seed {record.get('seed')} and overrides {record.get('overrides')}, "
+                f"this comparison asks for seed {seed} and {wanted}: use another --output or remove that run"
+            )
         done = record is not None and record["history"] and record["history"][-1]["iteration"] >= iterations
         if not done:
             args = [

@@ -167,9 +167,8 @@ def evaluate_rows(
 
             seqs = _row_sequences(spec, seed, num_samples, steps, batch_size, tick)
             inner.close()
-            scores = scorer.scores(
-                seqs, seed=seed
-            )  # oracles, motif scan, ELBO under the pretrained generator
+            # oracles, motif scan, ELBO under the pretrained generator
+            scores = scorer.scores(seqs, seed=seed)
             per_row[name].append(summarize(scores, seqs))
             frames.append(pd.DataFrame({"row": name, "seed": seed, "sequence": seqs, **scores}))
             outer.update(1)

@@ -130,8 +130,7 @@ def evaluate_model(
             generator=g,
             batch_size=128,
         ).x  # (N, L)
-    lut = np.frombuffer(task.alphabet.encode(), dtype=np.uint8)
-    seqs = [row.tobytes().decode() for row in lut[x.numpy()]]
+    seqs = task.decode(x)
     if task.name == "dna":
         from sepo_ray.metrics import dna_metrics
 

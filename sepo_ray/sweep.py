@@ -807,7 +807,8 @@ def sweep_report(spec: SweepSpec, records: Sequence[Mapping], experiment_path: s
             "num_terminated": sum(r["status"] == "TERMINATED" for r in rows),
             "num_errored": sum(r["status"] == "ERROR" for r in rows),
             "num_stopped_early": sum(bool(r["stopped_early"]) for r in rows),
-            "num_below_select_min": sum(not r["meets_select_min"] for r in rows),
+            "num_below_select_min": sum(r["meets_select_min"] is False for r in rows),
+            "num_unchecked_select_min": sum(r["meets_select_min"] is None for r in rows),
             "best": best,
             "trials": rows,
         }
@@ -839,13 +840,18 @@ def format_report(report: Mapping) -> str:
         reward = (m.get(metric) or {}).get("last")
         heldout = (m.get(select) or {}).get("last")
         extra = "".join(f" {k}={_fmt((m.get(k) or {}).get('last'))}" for k in guards)
-        flag = "" if row.get("meets_select_min", True) else "  [below select_min]"
+        meets = row.get("meets_select_min", True)
+        flag = {True: "", False: "  [below select_min]", None: "  [select_min metric not reported]"}[meets]
         lines.append(
             f"  {row['trial_id']:<12} {row['status']:<10} {'early' if row['stopped_early'] else '     '} "
             f"{metric}={_fmt(reward)} {select}={_fmt(heldout)}{extra} {_fmt_config(row['config'])}{flag}"
         )
     best = report.get("best")
-    if best is None and guards and report.get("num_below_select_min"):
+    if (
+        best is None
+        and guards
+        and (report.get("num_below_select_min") or report.get("num_unchecked_select_min"))
+    ):
         bounds = ", ".join(f"{k} >= {v:g}" for k, v in guards.items())
         lines.append(
             f"No trial met select_min ({bounds}) with {select} or {metric} reported: no best config."

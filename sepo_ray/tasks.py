@@ -40,6 +40,11 @@ class Task:
     def build_denoiser(self, generator: str | None = None) -> torch.nn.Module:
         return self.build(generator)
 
+    def decode(self, x: torch.Tensor) -> list[str]:
+        """Token ids (N, L) in 0..m-1 -> N strings over the alphabet."""
+        lut = np.frombuffer(self.alphabet.encode(), dtype=np.uint8)
+        return [row.tobytes().decode() for row in lut[x.cpu().numpy()]]
+
 
 def fraction_a(sequences: Sequence[str]) -> np.ndarray:
     """Toy reward: the fraction of 'A' in each sequence (one float per sequence)."""

@@ -24,6 +24,8 @@ def _fake_run(root, name, seed, iterations=1, batch=2, group=2):
         "history": [{"iteration": i + 1, "kl": 0.1 * (i + 1)} for i in range(iterations)],
         "final_checkpoint": str(ckpt),
         "checkpoints": [str(ckpt)],
+        "seed": 0,
+        "overrides": compare.parse_overrides(compare.VARIANTS[name]),
     }
     (root / "runs" / name / "result.json").write_text(json.dumps(record))
     return record
@@ -103,6 +105,16 @@ def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, mo
     again = json.loads((tmp_path / "metrics.json").read_text())
     assert again["sepo_grpo"] == metrics["sepo_grpo"]
     assert again["trajectory_grpo"] != metrics["trajectory_grpo"]
+
+
+def test_finished_runs_are_reused_only_when_trained_as_asked(tmp_path):
+    record = _fake_run(tmp_path, "trajectory_grpo", seed=1)
+    # finished with the same seed and overrides: reused, nothing is trained
+    assert compare.train_variants(tmp_path, ["trajectory_grpo"], 1, 0, []) == {"trajectory_grpo": record}
+    with pytest.raises(ValueError, match=r"trained with seed 0 .* asks for seed 1"):
+        compare.train_variants(tmp_path, ["trajectory_grpo"], 1, 1, [])
+    with pytest.raises(ValueError, match="'lr': 0.001"):
+        compare.train_variants(tmp_path, ["trajectory_grpo"], 1, 0, ["lr=1e-3"])
 
 
 def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, capsys):

@@ -234,3 +234,11 @@ def test_user_reward_rises(ray_session, tmp_path):
     assert len(record["history"]) == 8
     # 256 fresh samples before and after (same seed): the user's reward, not the task's default, went up
     assert record["after"]["user_reward_mean"] > record["before"]["user_reward_mean"] + 0.02, record
+
+
+def test_tune_reserves_gpu_oracle_actors():
+    from sepo_ray.rllib import SEPO
+
+    bundles = SEPO.default_resource_request(toy_config(oracle_actors=2, oracle_num_gpus=0.5)).bundles
+    assert bundles.count({"GPU": 0.5}) == 2
+    assert SEPO.default_resource_request(toy_config(oracle_actors=1)).bundles == [{"CPU": 1.0}]

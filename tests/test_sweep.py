@@ -302,9 +302,11 @@ def test_select_min_guards_keep_reward_hackers_out():
     assert rows["blind"]["meets_select_min"] is None  # never reported the guard: not eligible
     assert rows["hack"]["metrics"][real] == {"last": 0.1, "best": 0.1, "num_reports": 2}
     report = sweep_report(spec, records)
-    assert report["best"]["trial_id"] == "good" and report["num_below_select_min"] == 2
+    assert report["best"]["trial_id"] == "good" and report["num_below_select_min"] == 1
+    assert report["num_unchecked_select_min"] == 1
     text = sweep.format_report(report)
     assert "[below select_min]" in text and "kmer3_corr=0.1" in text
+    assert "[select_min metric not reported]" in text
     # without the guard the oracle-fooling trial wins
     assert sweep_report(_spec(), records)["best"]["trial_id"] == "hack"
     # nobody passes: no best config, and the message says why

@@ -26,23 +26,24 @@ class RewardError(RuntimeError):
     """A reward returned something unusable (wrong count, non-finite values) or raised."""
 
 
-def _import_callable(spec: str) -> Callable:
+def import_callable(spec: str, what: str = "reward") -> Callable:
+    """The callable a ``module:function`` spec names (a class is instantiated); ValueError naming ``what``."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"reward {spec!r}: expected 'module:function'")
+        raise ValueError(f"{what} {spec!r}: expected 'module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"reward {spec!r}: cannot import module {module_name!r} ({e})") from e
+        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({e})") from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if isinstance(obj, type):
         obj = obj()
     if not callable(obj):
-        raise ValueError(f"reward {spec!r}: {attr!r} is not callable")
+        raise ValueError(f"{what} {spec!r}: {attr!r} is not callable")
     return obj
 
 
@@ -55,7 +56,7 @@ def resolve_reward(spec: str) -> Callable[[Sequence[str]], np.ndarray]:
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"reward: expected a non-empty string spec, got {spec!r}")
     if ":" in spec:
-        raw = _import_callable(spec)
+        raw = import_callable(spec)
     else:
         from sepo_ray.oracles import get_oracle
 
@@ -119,6 +120,8 @@ class RewardPool:
     creator keeps the handles (a named actor whose handles are all gone is collected).
     """
 
+    timeout_s: float = 600.0  # per batched call: a hung oracle becomes a RewardError, not a hung run
+
     def __init__(
         self,
         spec: str,
@@ -155,7 +158,6 @@ class RewardPool:
             for i in range(num_actors)
         ]
         self.max_retries = max(1, max_restarts)
-        self.timeout_s = 600.0  # per batched call; a hung oracle becomes a RewardError, not a hung run
 
     @classmethod
     def connect(
@@ -167,7 +169,6 @@ class RewardPool:
         pool = cls.__new__(cls)
         pool.spec, pool.name, pool.namespace, pool.max_retries = spec, name, namespace, max(1, max_retries)
         pool.actors = [ray.get_actor(f"{name}-{i}", namespace=namespace) for i in range(num_actors)]
-        pool.timeout_s = 600.0
         return pool
 
     def address(self) -> dict:

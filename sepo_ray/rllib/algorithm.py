@@ -220,9 +220,8 @@ class SEPO(Algorithm):
         names one, ``heldout_<realism>`` (DNA: ``heldout_kmer3_corr``) on the same samples. {} when the task
         has no held-out oracle.
         """
-        import importlib
-
         from sepo_ray import diffusion
+        from sepo_ray.oracles.pool import import_callable
 
         cfg = self.config
         task = cfg.task_spec()
@@ -240,13 +239,13 @@ class SEPO(Algorithm):
                 corrector_steps=cfg.corrector_steps,
                 generator=g,
             )
-        lut = np.frombuffer(task.alphabet.encode(), dtype=np.uint8)
-        seqs = [row.tobytes().decode() for row in lut[out.x.numpy()]]
+        seqs = task.decode(out.x)
         metrics = {"heldout_pred_activity": float(np.median(self._heldout_reward(seqs)))}
         if task.heldout_realism is not None:
             name, spec = task.heldout_realism
-            module, _, attr = spec.partition(":")
-            metrics[f"heldout_{name}"] = float(getattr(importlib.import_module(module), attr)(seqs))
+            metrics[f"heldout_{name}"] = float(
+                import_callable(spec, what=f"task {task.name!r} realism")(seqs)
+            )
         return metrics
 
     # ---------------------------------------------------------------------------------- checkpointing
