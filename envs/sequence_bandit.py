@@ -28,8 +28,8 @@ from gymnasium.vector.utils import batch_space
 class SequenceBanditEnv(VectorEnv):
     """Vectorised bandit: action = a token sequence (L,), reward = one float from the reward.
 
-    ``config`` keys: ``num_envs`` (set by RLlib), ``length`` (L), ``num_tokens`` (m), ``alphabet`` (m
-    characters used to turn tokens into the strings the reward sees), and either ``reward_pool`` (the
+    ``config`` keys: ``num_envs`` (set by RLlib), ``task`` (a task name or ``module:TaskClass``: its length L,
+    vocabulary m and ``decode``, which turns tokens into what the reward sees), and either ``reward_pool`` (the
     address dict of a :class:`sepo_ray.oracles.pool.RewardPool`) or ``reward`` (a reward spec scored
     in-process).
     """
@@ -38,12 +38,12 @@ class SequenceBanditEnv(VectorEnv):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
+        from sepo_ray.tasks import get_task
+
         self.num_envs = int(config.get("num_envs", 1))
-        self.length = int(config["length"])
-        self.num_tokens = int(config["num_tokens"])
-        self.alphabet = str(config["alphabet"])
-        if len(self.alphabet) != self.num_tokens:
-            raise ValueError(f"alphabet {self.alphabet!r} must have num_tokens={self.num_tokens} characters")
+        self.task = get_task(config["task"])
+        self.length = int(self.task.length)
+        self.num_tokens = int(self.task.num_tokens)
         self._pool_address = config.get("reward_pool")
         self._reward_spec = config.get("reward")
         if self._pool_address is None and not self._reward_spec:
@@ -53,7 +53,6 @@ class SequenceBanditEnv(VectorEnv):
         self.single_action_space = gym.spaces.MultiDiscrete(np.full(self.length, self.num_tokens))
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._lut = np.frombuffer(self.alphabet.encode("ascii"), dtype=np.uint8)
         self._done = True
         self.num_reward_calls = 0
 
@@ -75,9 +74,8 @@ class SequenceBanditEnv(VectorEnv):
         return self._scorer(sequences)
 
     def decode(self, actions: np.ndarray) -> list[str]:
-        """Token array (N, L) -> N strings over the alphabet."""
-        chars = self._lut[np.asarray(actions, dtype=np.int64)]  # (N, L) uint8
-        return [row.tobytes().decode("ascii") for row in chars]
+        """Token array (N, L) -> what the reward sees (the task's ``decode``)."""
+        return self.task.decode(np.asarray(actions, dtype=np.int64))  # (N, L) -> N sequences
 
     def _obs(self, terminal: bool) -> np.ndarray:
         obs = np.zeros((self.num_envs, 2), np.float32)  # (N, 2): [terminal_flag, prompt_id]

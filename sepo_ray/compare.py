@@ -1,27 +1,26 @@
-"""The paper's Table 2 / Fig. 2 on the embedded DNA benchmark: SEPO against baselines at one oracle budget.
+"""SEPO against baselines at one oracle budget (the paper's Table 2 / Fig. 2), for any task.
 
-``python -m sepo_ray.compare dna --output DIR`` (also ``python -m sepo_ray.evaluate dna --compare DIR``)
+``python -m sepo_ray.compare TASK --output DIR`` (also ``python -m sepo_ray.evaluate TASK --compare DIR``)
 
-1. fine-tunes each variant with ``python -m sepo_ray.run dna`` (same iterations, batch and seed, so the same
-   number of fine-tuning-oracle calls), into ``DIR/runs/<variant>/`` (a finished run is reused, an unfinished
-   one resumed);
-2. evaluates every row over the seeds (3 x 640 samples by default) with the evaluation oracle, the
-   accessibility classifier, 3-mer statistics, the pretrained ELBO and motif enrichment;
-3. writes ``DIR/metrics.json``, ``DIR/table.md`` (Markdown), ``DIR/pred_activity.png`` (violins) and
-   ``DIR/samples.parquet``.
+1. fine-tunes each variant with :func:`sepo_ray.run.train` (same iterations, batch and seed, so the same number
+   of fine-tuning-reward calls), into ``DIR/runs/<variant>/`` (a finished run is reused, an unfinished one
+   resumed);
+2. evaluates every row over the seeds (3 x 640 samples by default) with the task's held-out table;
+3. writes ``DIR/metrics.json``, ``DIR/table.md`` (Markdown), the task's violin plot and ``DIR/samples.parquet``.
 
 Each evaluated row is kept in ``DIR/rows/`` with a fingerprint of what produced it (the generator file's
-hash, seeds, sample count, T, ELBO draws, the oracle budget): a rerun, or one that adds a variant, evaluates
-only the rows that changed, and an interrupted comparison loses at most the row it was on.
+hash, seeds, sample count, T, ELBO draws, the task's scoring artifacts, the reward budget): a rerun, or one
+that adds a variant, evaluates only the rows that changed, and an interrupted comparison loses at most the
+row it was on. Paths inside ``DIR`` are relative, so the directory can be moved.
 
-Rows: ``pretrained``; ``best_of_n`` (the pretrained model with the same oracle budget spent on selection: the
-budget's C candidates form groups of N = group size, the fine-tuning oracle keeps the best of each group, so
+Rows: ``pretrained``; ``best_of_n`` (the pretrained model with the same reward budget spent on selection: the
+budget's C candidates form groups of N = group size, the fine-tuning reward keeps the best of each group, so
 the row holds C / N sequences per seed); ``sepo_grpo`` (the default SEPO GRPO); ``sepo_no_snis`` (pi_hat from
 y's single parent, no SNIS); ``sepo_gradient_flow`` (one corrector step after each predictor step, Sec. 3.3);
 ``trajectory_grpo`` (the DDPO / d1-style policy gradient on the sampler's own per-step log-probabilities);
 ``trajectory_grpo_kl0.01`` (the same with alpha = 0.01: its loss is a mean over the T steps while SEPO's carries
 the L/K position weight, so at SEPO's alpha the KL term outweighs its policy term by about two orders of
-magnitude); and the real HepG2 / non-HepG2 test sequences as references.
+magnitude); and the task's reference rows of real data.
 """
 
 from __future__ import annotations
@@ -29,14 +28,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from sepo_ray.models import denoiser_file
-from sepo_ray.run import parse_overrides
+from sepo_ray.run import DEFAULT_TASK, checkpoint_path, read_record
+from sepo_ray.settings import parse_overrides
 
 VARIANTS: dict[str, list[str]] = {
     "sepo_grpo": [],
@@ -48,16 +46,15 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def train_variants(
-    out: Path, variants: list[str], iterations: int, seed: int, extra: list[str]
+    task: str, out: Path, variants: list[str], iterations: int, seed: int, extra: list[str]
 ) -> dict[str, dict]:
     """Runs (or resumes, or reuses) each variant's fine-tuning; returns name -> result.json record."""
-    from sepo_ray.run import main as run_main
+    from sepo_ray.run import train
 
     records = {}
     for name in variants:
         run_dir = out / "runs" / name
-        result = run_dir / "result.json"
-        record = json.loads(result.read_text()) if result.exists() else None
+        record = read_record(run_dir)
         wanted = parse_overrides(VARIANTS[name] + extra)
         if record is not None and (record.get("seed") != seed or record.get("overrides") != wanted):
             raise ValueError(
@@ -66,25 +63,10 @@ def train_variants(
             )
         done = record is not None and record["history"] and record["history"][-1]["iteration"] >= iterations
         if not done:
-            args = [
-                "dna",
-                "--iterations",
-                str(iterations),
-                "--output",
-                str(run_dir),
-                "--seed",
-                str(seed),
-                "--no-eval",
-            ]
-            for item in VARIANTS[name] + extra:
-                args += ["--set", item]
-            if record is not None and record.get("checkpoints"):
-                args.append("--resume")
-            print(f"== fine-tuning {name}: python -m sepo_ray.run {' '.join(args)}", flush=True)
-            rc = run_main(args)
-            if rc != 0:
-                raise RuntimeError(f"fine-tuning {name} failed (exit {rc}); see {run_dir}")
-            record = json.loads(result.read_text())
+            print(
+                f"== fine-tuning {name}: {iterations} iterations, seed {seed}, overrides {wanted}", flush=True
+            )
+            record = train(task, run_dir, iterations, seed, wanted, resume=record is not None, evaluate=False)
         records[name] = record
     return records
 
@@ -95,16 +77,16 @@ def oracle_budget(record: dict) -> int:
     return len(record["history"]) * int(cfg["prompts_per_batch"]) * int(cfg["group_size"])
 
 
-def best_of_n_row(budget: int, group: int, steps: int):
+def best_of_n_row(task, budget: int, group: int, steps: int, reward: str | None = None):
     """Row callable: seed -> the best of each group of ``group`` pretrained samples (C = budget candidates)."""
-    from sepo_ray.evaluate import load_generator, sample_sequences
-    from sepo_ray.oracles import get_oracle
+    from sepo_ray.evaluation import load_generator
+    from sepo_ray.oracles.pool import resolve_reward
 
-    model, oracle = load_generator("pretrained"), get_oracle("dna_ft")
+    model, score = load_generator(task, "pretrained"), resolve_reward(reward or task.default_reward)
 
     def row(seed: int) -> list[str]:
-        candidates = sample_sequences(model, budget, 10_000 + seed, steps)
-        scores = np.asarray(oracle(candidates)).reshape(-1, group)  # (C / N, N)
+        candidates = task.sample(model, budget, steps, seed=10_000 + seed, batch_size=320)
+        scores = np.asarray(score(candidates)).reshape(-1, group)  # (C / N, N)
         best = scores.argmax(axis=1) + np.arange(scores.shape[0]) * group
         return [candidates[i] for i in best]
 
@@ -113,15 +95,6 @@ def best_of_n_row(budget: int, group: int, steps: int):
 
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def scoring_fingerprint() -> str:
-    """Hash of every shipped DNA artifact (oracles, accessibility classifier, the ELBO's generator)."""
-    h = hashlib.sha256()
-    for path in sorted(denoiser_file("pretrained").parent.glob("*")):
-        if path.is_file():
-            h.update(path.name.encode() + _file_hash(path).encode())
-    return h.hexdigest()[:16]
 
 
 def row_fingerprint(name: str, source: dict, settings: dict) -> dict:
@@ -145,18 +118,18 @@ def load_cached_row(cache: Path, name: str, fingerprint: dict):
 
 def save_cached_row(cache: Path, name: str, fingerprint: dict, metrics: dict, samples) -> None:
     """Write a row's metrics and samples (parquet first, then the JSON that makes the pair valid)."""
+    from sepo_ray.runtime import write_json
+
     cache.mkdir(parents=True, exist_ok=True)
     samples.to_parquet(cache / f"{name}.parquet", index=False)
-    tmp = cache / f"{name}.json.tmp"
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "metrics": metrics}, indent=2) + "\n")
-    os.replace(tmp, cache / f"{name}.json")
+    write_json(cache / f"{name}.json", {"fingerprint": fingerprint, "metrics": metrics})
 
 
 def row_plan(
-    records: dict[str, dict], seeds: list[int], num_samples: int, steps: int, elbo_steps: int
+    task, out: Path, records: dict[str, dict], seeds: list[int], num_samples: int, steps: int, elbo_steps
 ) -> dict:
     """Every row of the table, in order: name -> (fingerprint, factory of its spec for ``evaluate_rows``)."""
-    from sepo_ray.evaluate import REFERENCE_ROWS, load_generator, reference_sequences
+    from sepo_ray.evaluation import load_generator
 
     first = next(iter(records.values()))
     budget, group = oracle_budget(first), int(first["config"]["group_size"])
@@ -165,32 +138,32 @@ def row_plan(
         "num_samples": num_samples,
         "steps": steps,
         "elbo_steps": elbo_steps,
-        "artifacts": scoring_fingerprint(),
+        "artifacts": task.evaluation_fingerprint(),
     }
-    pretrained_hash = _file_hash(denoiser_file("pretrained"))
+    pretrained = task.generator_file(None)
+    pretrained_hash = _file_hash(pretrained) if pretrained is not None else "built-in"
     sources = {
-        "pretrained": ({"generator": pretrained_hash}, lambda: load_generator("pretrained")),
+        "pretrained": ({"generator": pretrained_hash}, lambda: load_generator(task, "pretrained")),
         "best_of_n": (
-            {"generator": pretrained_hash, "budget": budget, "group": group},
-            lambda: best_of_n_row(budget, group, steps),
+            {"generator": pretrained_hash, "budget": budget, "group": group, "reward": first.get("reward")},
+            lambda: best_of_n_row(task, budget, group, steps, first.get("reward")),
         ),
     }
     for name, record in records.items():
-        source = denoiser_file(record["final_checkpoint"])
-        sources[name] = ({"generator": _file_hash(source)}, lambda src=source: load_generator(str(src)))
-    for ref in REFERENCE_ROWS:
-        sources[ref] = (
-            {"reference": ref},
-            lambda ref=ref: lambda seed: reference_sequences(ref, num_samples, seed),
-        )
+        source = task.generator_file(checkpoint_path(out / "runs" / name, record["final_checkpoint"]))
+        sources[name] = ({"generator": _file_hash(source)}, lambda src=source: load_generator(task, src))
+    for ref, draw in task.reference_rows().items():
+        sources[ref] = ({"reference": ref}, lambda draw=draw: lambda seed: draw(seed, num_samples))
     return {name: (row_fingerprint(name, src, settings), f) for name, (src, f) in sources.items()}
 
 
 def main(argv=None) -> int:
+    from sepo_ray.evaluate import parse_seeds
     from sepo_ray.run import DEFAULT_ITERATIONS
+    from sepo_ray.tasks import available_tasks, get_task
 
     p = argparse.ArgumentParser(prog="python -m sepo_ray.compare", description=__doc__.splitlines()[0])
-    p.add_argument("task", choices=["dna"])
+    p.add_argument("task", nargs="?", default=DEFAULT_TASK, help=f"task ({', '.join(available_tasks())})")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument(
         "--iterations",
@@ -210,35 +183,42 @@ def main(argv=None) -> int:
     p.add_argument(
         "--steps", type=int, default=None, help="sampling steps T for evaluation (default: the runs' T)"
     )
-    p.add_argument("--elbo-steps", type=int, default=None, help="ELBO time draws (default: the evaluator's)")
+    p.add_argument("--elbo-steps", type=int, default=None, help="ELBO time draws (default: the task's)")
     p.add_argument("--skip-train", action="store_true", help="evaluate the runs already in DIR/runs")
     args = p.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"--variants: unknown {unknown}; valid: {list(VARIANTS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = parse_seeds(args.seeds, p)
+    if args.output.exists() and not args.output.is_dir():
+        p.error(f"--output {args.output} is a file, not a directory")
+    try:
+        task = get_task(args.task)
+        parse_overrides(args.set)
+    except ValueError as e:
+        p.error(str(e))
     args.output.mkdir(parents=True, exist_ok=True)
 
     if args.skip_train:
-        records = {
-            v: json.loads((args.output / "runs" / v / "result.json").read_text())
-            for v in variants
-            if (args.output / "runs" / v / "result.json").exists()
-        }
+        records = {v: r for v in variants if (r := read_record(args.output / "runs" / v)) is not None}
     else:
-        from sepo_ray.run import init_ray
-
-        init_ray(None)
-        records = train_variants(args.output, variants, args.iterations, args.seed, args.set)
         import ray
 
+        from sepo_ray.runtime import init_ray
+
+        init_ray()
+        try:
+            records = train_variants(args.task, args.output, variants, args.iterations, args.seed, args.set)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         ray.shutdown()
 
     import pandas as pd
 
-    from sepo_ray.evaluate import evaluate_rows, format_table, write_outputs
-    from sepo_ray.metrics import ELBO_STEPS, default_scorer
+    from sepo_ray import evaluation
+    from sepo_ray.runtime import write_json
 
     if not records:
         p.error(f"no finished runs in {args.output / 'runs'} for {variants}")
@@ -246,9 +226,10 @@ def main(argv=None) -> int:
     steps = args.steps or int(first["config"]["denoise_steps"])
     budget = oracle_budget(first)
     group = int(first["config"]["group_size"])
-    plan = row_plan(records, seeds, args.num_samples, steps, args.elbo_steps or ELBO_STEPS)
+    scorer = task.scorer(elbo_steps=args.elbo_steps)
+    elbo_steps = getattr(scorer, "elbo_steps", args.elbo_steps)
+    plan = row_plan(task, args.output, records, seeds, args.num_samples, steps, elbo_steps)
     cache = args.output / "rows"
-    scorer = None
     metrics, frames = {}, []
     for name, (fingerprint, factory) in plan.items():
         cached = load_cached_row(cache, name, fingerprint)
@@ -256,19 +237,18 @@ def main(argv=None) -> int:
             print(f"== {name}: reusing {cache / name}.json (same fingerprint)", flush=True)
             row_metrics, row_samples = cached
         else:
-            scorer = scorer or default_scorer(elbo_steps=args.elbo_steps or ELBO_STEPS)
-            out, row_samples = evaluate_rows(
-                {name: factory()}, seeds=seeds, num_samples=args.num_samples, steps=steps, scorer=scorer
+            out, row_samples = evaluation.evaluate_rows(
+                task, {name: factory()}, seeds=seeds, num_samples=args.num_samples, steps=steps, scorer=scorer
             )
             row_metrics = out[name]
             save_cached_row(cache, name, fingerprint, row_metrics, row_samples)
         metrics[name] = row_metrics
         frames.append(row_samples)
     samples = pd.concat(frames, ignore_index=True)
-    write_outputs(args.output, metrics, samples)
+    evaluation.write_outputs(args.output, metrics, samples, scorer)
     budgets = {name: oracle_budget(r) for name, r in records.items()}
     final_kl = {name: float(r["history"][-1]["kl"]) for name, r in records.items() if r["history"]}
-    table = format_table(metrics)
+    table = evaluation.format_table(metrics, scorer.metric_labels, scorer.metric_digits)
     header = (
         f"Oracle budget: {budget} fine-tuning-oracle calls per method ({len(first['history'])} iterations x "
         f"{budget // max(1, len(first['history']))} sequences); best_of_n keeps the best of each group of "
@@ -277,8 +257,9 @@ def main(argv=None) -> int:
         f"model at the last iteration: {', '.join(f'{k} {v:.3g}' for k, v in final_kl.items())}.\n\n"
     )
     (args.output / "table.md").write_text(header + table + "\n")
-    (args.output / "compare.json").write_text(
-        json.dumps({"budgets": budgets, "final_kl": final_kl, "steps": steps, "group": group}, indent=2)
+    write_json(
+        args.output / "compare.json",
+        {"budgets": budgets, "final_kl": final_kl, "steps": steps, "group": group},
     )
     print(header + table, flush=True)
     return 0

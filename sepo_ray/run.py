@@ -1,8 +1,8 @@
-"""``python -m sepo_ray.run dna``: fine-tune the pretrained generator with SEPO and report before/after metrics.
+"""``python -m sepo_ray.run TASK``: fine-tune a task's pretrained generator with SEPO, report before/after metrics.
 
 Joins a running Ray cluster when there is one (``RAY_ADDRESS`` is set, as under ``ray job submit``), else
-starts a local one. Writes ``DIR/result.json`` after every iteration (history, config, checkpoint paths) and
-checkpoints under ``DIR/checkpoints/``; ``--resume`` continues from the last checkpoint with the history
+starts a local one. Writes ``DIR/result.json`` after every iteration (history, config, checkpoint paths relative
+to DIR) and checkpoints under ``DIR/checkpoints/``; ``--resume`` continues from the last checkpoint with the history
 intact. A failing reward stops the run with an error naming the reward; what was written stays.
 """
 
@@ -16,14 +16,35 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from sepo_ray.settings import SEPO_SETTINGS, parse_overrides
 
 DEFAULT_ITERATIONS = 16
+DEFAULT_TASK = SEPO_SETTINGS["task"].default
+
+
+def _tasks_epilog() -> str:
+    from sepo_ray.tasks import available_tasks, get_task
+
+    lines = ["installed tasks (the entry-point group sepo_ray.tasks; or give module:TaskClass):"]
+    for name in available_tasks():
+        try:
+            lines.append(f"  {name:<12} {get_task(name).description}")
+        except ValueError as e:
+            lines.append(f"  {name:<12} (broken: {e})")
+    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sepo_ray.run", description=__doc__.splitlines()[0])
-    p.add_argument("task", nargs="?", default="dna", help="task name (dna, toy); default dna")
+    p = argparse.ArgumentParser(
+        prog="python -m sepo_ray.run",
+        description=__doc__.splitlines()[0],
+        epilog=_tasks_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "task", nargs="?", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}; see below)"
+    )
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="training iterations (total)")
     p.add_argument("--output", default=None, help="output directory (default runs/<task>-<time>)")
     p.add_argument("--reward", default=None, help="reward 'module:function' (default: the task's oracle)")
@@ -45,24 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["lr=3e-5", "kl_alpha=0.1"]`` -> ``{"lr": 3e-05, "kl_alpha": 0.1}`` (values parsed as YAML scalars)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key.strip()] = parsed
-    return out
-
-
 def build_config(task: str, reward: str | None, seed: int, overrides: dict):
+    """A validated :class:`SEPOConfig` for ``task`` with ``overrides`` (SEPO or RLlib field names)."""
     from sepo_ray.rllib import SEPO_FIELDS, SEPOConfig
 
     config = SEPOConfig().sepo(task=task, reward=reward).debugging(seed=seed)
@@ -80,64 +85,20 @@ def build_config(task: str, reward: str | None, seed: int, overrides: dict):
     return config
 
 
-def init_ray(num_cpus: int | None) -> None:
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-        print(f"joined Ray cluster at {os.environ['RAY_ADDRESS']}", flush=True)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-        print(f"started a local Ray runtime ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)", flush=True)
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic write: a crash mid-write never leaves a truncated result.json."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return repr(o)
-
-
 def evaluate_model(
     model, task, num_samples: int, steps: int, corrector_steps: int, user_reward: str | None
 ) -> dict:
-    """Metrics of ``num_samples`` fresh samples (seed 1234): the DNA table for ``dna``, else reward statistics;
-    plus ``user_reward_mean`` / ``user_reward_median`` when a user reward is given."""
+    """The task's evaluation table of ``num_samples`` fresh samples (seed 1234), plus ``user_reward_mean`` /
+    ``user_reward_median`` when a user reward is given."""
     import torch
 
-    from sepo_ray import diffusion
     from sepo_ray.oracles.pool import resolve_reward
 
     g = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        x = diffusion.sample(
-            model,
-            num_samples,
-            task.length,
-            steps,
-            corrector_steps=corrector_steps,
-            generator=g,
-            batch_size=128,
-        ).x  # (N, L)
-    seqs = task.decode(x)
-    if task.name == "dna":
-        from sepo_ray.metrics import dna_metrics
-
-        out = dna_metrics(seqs)
-    else:
-        r = resolve_reward(task.default_reward)(seqs)
-        out = {"reward_mean": float(r.mean()), "reward_median": float(np.median(r))}
+    seqs = task.sample(
+        model, num_samples, steps, generator=g, corrector_steps=corrector_steps, batch_size=128
+    )
+    out = task.scorer().metrics(seqs)
     if user_reward:
         r = resolve_reward(user_reward)(seqs)
         out.update(user_reward_mean=float(r.mean()), user_reward_median=float(np.median(r)))
@@ -153,7 +114,10 @@ def print_table(before: dict, after: dict) -> None:
 
 
 def save_checkpoint(algo, out: Path) -> str:
-    """RLlib checkpoint (to resume) plus the generator as safetensors (to evaluate or share)."""
+    """RLlib checkpoint (to resume) plus the generator as safetensors (to evaluate or share).
+
+    Returns the checkpoint's path relative to the run directory ``out`` (run directories are relocatable).
+    """
     import shutil
 
     from sepo_ray.models import save_model
@@ -167,44 +131,83 @@ def save_checkpoint(algo, out: Path) -> str:
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)  # a checkpoint directory exists only once complete
-    return str(path.resolve())
+    return path.relative_to(out).as_posix()
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from sepo_ray.oracles.pool import RewardError
+def checkpoint_path(run_dir: str | Path, entry: str) -> Path:
+    """A checkpoint named in ``result.json`` (relative to the run directory; absolute in older runs)."""
+    path = Path(entry)
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
+def read_record(run_dir: str | Path) -> dict | None:
+    """The run's ``result.json``, or None when the directory holds no run; ValueError names a corrupt file."""
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); move it aside to start a new run there") from e
+
+
+def train(
+    task: str,
+    output: str | Path,
+    iterations: int = DEFAULT_ITERATIONS,
+    seed: int = 0,
+    overrides: dict | None = None,
+    reward: str | None = None,
+    resume: bool = False,
+    eval_samples: int = 256,
+    evaluate: bool = True,
+    num_cpus: int | None = None,
+) -> dict:
+    """Fine-tune ``task`` into the run directory ``output``; returns the run's record (``result.json``).
+
+    Writes ``result.json`` after every iteration (history, config, checkpoints relative to ``output``) and
+    checkpoints every ``checkpoint_frequency`` iterations. ``resume`` continues the run in ``output`` from its
+    last checkpoint with its own settings (``iterations`` may extend it). Raises ValueError for bad input
+    (before Ray starts) and :class:`~sepo_ray.oracles.pool.RewardError` when the reward fails (what was
+    written stays).
+    """
+    from sepo_ray.runtime import init_ray, write_json
     from sepo_ray.tasks import get_task
 
-    out = Path(args.output or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    result_path = out / "result.json"
-    previous = json.loads(result_path.read_text()) if args.resume and result_path.exists() else None
-    overrides = parse_overrides(args.set)
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file, not a directory")
+    previous = read_record(out)
+    if resume and previous is None:
+        raise ValueError(f"--resume: {out} holds no run (no result.json); drop --resume to start one there")
+    if not resume and previous is not None:
+        raise ValueError(f"{out} holds a run already: continue it with --resume, or choose another --output")
+    overrides = dict(overrides or {})
+    if "task" in overrides:
+        raise ValueError("--set task=...: the task is the command's first argument, not a --set field")
     if previous is not None:  # resume: the run's own settings win, --iterations may extend it
         overrides = {**previous["overrides"], **overrides}
-        args.reward = args.reward or previous.get("reward")
-        args.seed = previous.get("seed", args.seed)
-    try:
-        task = get_task(args.task)
-        config = build_config(args.task, args.reward, args.seed, overrides)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        reward = reward or previous.get("reward")
+        seed = previous.get("seed", seed)
+    task_obj = get_task(task)
+    config = build_config(task, reward, seed, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = out / "result.json"
 
-    init_ray(args.num_cpus)
+    init_ray(num_cpus)
     settings = config.sepo_settings()
     print(
-        f"SEPO on task {task.name!r}: L={task.length}, B*G={config.batch_sequences} sequences/iteration "
+        f"SEPO on task {task_obj.name!r}: L={task_obj.length}, B*G={config.batch_sequences} sequences/iteration "
         f"({config.prompts_per_batch} prompts x {config.group_size}), T={config.denoise_steps}, "
         f"M={config.snis_samples}, K positions={config.neighbour_positions}, eps={config.clip_eps}, "
         f"alpha={config.kl_alpha}, lr={config.lr}, epochs={config.num_epochs}, "
-        f"reward={config.reward or task.default_reward}",
+        f"reward={config.reward or task_obj.default_reward}",
         flush=True,
     )
     record = previous or {
-        "task": task.name,
-        "reward": args.reward,
-        "seed": args.seed,
+        "task": task,
+        "reward": reward,
+        "seed": seed,
         "overrides": overrides,
         "config": {**settings, "lr": config.lr, "num_epochs": config.num_epochs},
         "history": [],
@@ -216,27 +219,25 @@ def main(argv=None) -> int:
     def current_metrics() -> dict:
         return evaluate_model(
             algo.current_denoiser(),
-            task,
-            args.eval_samples,
+            task_obj,
+            eval_samples,
             config.denoise_steps,
             config.corrector_steps,
-            args.reward,
+            reward,
         )
 
     try:
         if previous is not None and previous.get("checkpoints"):
-            last = previous["checkpoints"][-1]
-            algo.restore_from_path(last)
+            last = checkpoint_path(out, previous["checkpoints"][-1])
+            algo.restore_from_path(str(last.resolve()))
             done = algo.iteration
             record["history"] = [h for h in record["history"] if h["iteration"] <= done]
             print(f"resumed from {last} at iteration {done}", flush=True)
-        if not args.no_eval and "before" not in record:
-            print(
-                f"before: metrics of {args.eval_samples} samples of the pretrained generator ...", flush=True
-            )
+        if evaluate and "before" not in record:
+            print(f"before: metrics of {eval_samples} samples of the pretrained generator ...", flush=True)
             record["before"] = current_metrics()
             write_json(result_path, record)
-        while algo.iteration < args.iterations:
+        while algo.iteration < iterations:
             t0 = time.time()
             result = algo.train()
             sepo_res = result.get("sepo", {})
@@ -256,30 +257,57 @@ def main(argv=None) -> int:
                 f"{k.removeprefix('heldout_')} {v:.3f}" for k, v in row.items() if k.startswith("heldout_")
             )
             print(
-                f"iter {row['iteration']:>3}/{args.iterations} | reward mean {row['reward_mean']:.4f} "
+                f"iter {row['iteration']:>3}/{iterations} | reward mean {row['reward_mean']:.4f} "
                 f"median {row['reward_median']:.4f} | kl {row['kl']:.4f} | clip {row['clip_frac']:.3f} | "
                 f"{row['time_s']:.1f} s" + (f" | held-out {heldout}" if heldout else ""),
                 flush=True,
             )
-            if algo.iteration % config.checkpoint_frequency == 0 or algo.iteration == args.iterations:
+            if algo.iteration % config.checkpoint_frequency == 0 or algo.iteration == iterations:
                 record["checkpoints"].append(save_checkpoint(algo, out))
                 record["final_checkpoint"] = record["checkpoints"][-1]
             write_json(result_path, record)
-        if not args.no_eval:
-            print(
-                f"after: metrics of {args.eval_samples} samples of the fine-tuned generator ...", flush=True
-            )
+        if evaluate:
+            print(f"after: metrics of {eval_samples} samples of the fine-tuned generator ...", flush=True)
             record["after"] = current_metrics()
             write_json(result_path, record)
             print_table(record["before"], record["after"])
-    except RewardError as e:
+    except BaseException:
         write_json(result_path, record)
-        last = record["checkpoints"][-1] if record["checkpoints"] else "none yet"
-        print(f"error: {e}\nlast checkpoint (intact): {last}", file=sys.stderr)
-        return 3
+        raise
     finally:
         algo.stop()
-    print(f"\nresult: {result_path}\nfinal checkpoint: {record['final_checkpoint']}", flush=True)
+    return record
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from sepo_ray.oracles.pool import RewardError
+
+    out = Path(args.output or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        overrides = parse_overrides(args.set)
+        record = train(
+            args.task,
+            out,
+            iterations=args.iterations,
+            seed=args.seed,
+            overrides=overrides,
+            reward=args.reward,
+            resume=args.resume,
+            eval_samples=args.eval_samples,
+            evaluate=not args.no_eval,
+            num_cpus=args.num_cpus,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RewardError as e:
+        record = read_record(out) or {}
+        last = record.get("final_checkpoint") or "none yet"
+        print(f"error: {e}\nlast checkpoint (intact): {last}", file=sys.stderr)
+        return 3
+    final = record["final_checkpoint"]
+    print(f"\nresult: {out / 'result.json'}\nfinal checkpoint: {out / final if final else None}", flush=True)
     return 0
 
 

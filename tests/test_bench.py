@@ -1,5 +1,6 @@
 """`python -m sepo_ray.bench`: the cheap entries at tiny sizes (--quick), exact forward counts, the CLI."""
 
+import dataclasses
 import json
 import math
 
@@ -24,7 +25,7 @@ def positive_finite(value) -> bool:
 
 def expected_counts(s: bench.UpdateSettings) -> dict:
     """Forward counts written out by hand (N = B G, K positions, m-1 other tokens, M SNIS samples)."""
-    n, k, j, mm, e = s.prompts * s.group_size, s.positions, s.num_tokens - 1, s.snis_samples, s.epochs
+    n, k, j, mm, e = s.batch, s.num_positions, s.num_tokens - 1, s.snis_samples, s.num_epochs
     length, st, t, g = s.length, s.kl_steps, s.denoise_steps, s.group_size
     return {
         "ours_rollout_sampler": (t, n * t, 0),
@@ -125,7 +126,30 @@ def test_counting_wrapper_separates_rows_with_gradient():
     assert tally.snapshot() == {"calls": 2, "rows": 10, "grad_rows": 3}
 
 
-def test_update_settings_defaults_are_sepoconfig_defaults():
-    defaults = bench._settings_from_config()
-    s = bench.UpdateSettings()
-    assert {k: getattr(s, k) for k in defaults} == defaults
+def test_update_settings_are_the_schema_defaults_and_the_default_task():
+    from sepo_ray.rllib.config import SEPOConfig
+    from sepo_ray.settings import SETTINGS
+
+    s, config = bench.UpdateSettings(), SEPOConfig()
+    shared = [f.name for f in dataclasses.fields(s) if f.name in SETTINGS]
+    assert len(shared) == 9
+    assert {k: getattr(s, k) for k in shared} == {k: getattr(config, k) for k in shared}
+    task = config.task_spec()
+    assert (s.length, s.num_tokens) == (task.length, task.num_tokens)
+    assert s.spec() == config.update_spec()
+
+
+def test_ours_update_is_the_engine_update(monkeypatch):
+    """The bench's rollout and learner go through sepo_ray.sepo.update, the path the RLlib module and learner use."""
+    from sepo_ray.sepo import update
+
+    calls = []
+    for name in ("rollout", "old_policy", "update_loss"):
+        real = getattr(update, name)
+        monkeypatch.setattr(
+            update, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
+    s = bench.UpdateSettings(length=6, prompts_per_batch=2, group_size=2, num_epochs=2, denoise_steps=3)
+    bench.learner_comparison(bench.ShapeOnlyDenoiser(s.num_tokens), s, repeats=1, timed=False)
+    assert calls.count("rollout") == 1 and calls.count("update_loss") == s.num_epochs
+    assert calls.count("old_policy") >= 2  # inside the rollout, then alone for its own count

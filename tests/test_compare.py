@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from sepo_ray import compare, evaluate
-from sepo_ray.models import DNAConvDenoiser, save_model
+from sepo_ray import compare, evaluation
+from sepo_ray.models import save_model
+from sepo_ray.tasks.dna.models import DNAConvDenoiser
 
 ROWS = ["pretrained", "best_of_n", "sepo_grpo", "trajectory_grpo", "real_hepg2_test", "real_nonhepg2_test"]
 
@@ -80,10 +81,10 @@ def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, mo
     assert {p.stem for p in (tmp_path / "rows").glob("*.json")} == set(ROWS)
 
     # a rerun with nothing changed evaluates nothing
-    def refuse(rows, **kwargs):
+    def refuse(task, rows, **kwargs):
         raise AssertionError(f"re-evaluated {list(rows)}")
 
-    monkeypatch.setattr(evaluate, "evaluate_rows", refuse)
+    monkeypatch.setattr(evaluation, "evaluate_rows", refuse)
     capsys.readouterr()
     assert compare.main(_args(tmp_path)) == 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
@@ -92,13 +93,13 @@ def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, mo
     # a changed generator re-evaluates its own row only
     monkeypatch.undo()
     seen = []
-    real = evaluate.evaluate_rows
+    real = evaluation.evaluate_rows
 
-    def spy(rows, **kwargs):
+    def spy(task, rows, **kwargs):
         seen.extend(rows)
-        return real(rows, **kwargs)
+        return real(task, rows, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate_rows", spy)
+    monkeypatch.setattr(evaluation, "evaluate_rows", spy)
     _fake_run(tmp_path, "trajectory_grpo", seed=3)
     assert compare.main(_args(tmp_path)) == 0
     assert seen == ["trajectory_grpo"]
@@ -110,11 +111,13 @@ def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, mo
 def test_finished_runs_are_reused_only_when_trained_as_asked(tmp_path):
     record = _fake_run(tmp_path, "trajectory_grpo", seed=1)
     # finished with the same seed and overrides: reused, nothing is trained
-    assert compare.train_variants(tmp_path, ["trajectory_grpo"], 1, 0, []) == {"trajectory_grpo": record}
+    assert compare.train_variants("dna", tmp_path, ["trajectory_grpo"], 1, 0, []) == {
+        "trajectory_grpo": record
+    }
     with pytest.raises(ValueError, match=r"trained with seed 0 .* asks for seed 1"):
-        compare.train_variants(tmp_path, ["trajectory_grpo"], 1, 1, [])
+        compare.train_variants("dna", tmp_path, ["trajectory_grpo"], 1, 1, [])
     with pytest.raises(ValueError, match="'lr': 0.001"):
-        compare.train_variants(tmp_path, ["trajectory_grpo"], 1, 0, ["lr=1e-3"])
+        compare.train_variants("dna", tmp_path, ["trajectory_grpo"], 1, 0, ["lr=1e-3"])
 
 
 def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, capsys):

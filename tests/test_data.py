@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sepo_ray.data import (
+from sepo_ray.tasks.dna.data import (
     CELL_TYPES,
     DHS_SHA256,
     HALF_A_CHROMS,
@@ -26,7 +26,7 @@ from sepo_ray.data import (
     reverse_complement,
     validate_sequences,
 )
-from sepo_ray.data import dhs as dhs_module
+from sepo_ray.tasks.dna.data import dhs as dhs_module
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from sepo_ray import evaluate
-from sepo_ray.metrics import METRIC_KEYS, DNAScorer
-from sepo_ray.models import DNAConvDenoiser, save_model
+from sepo_ray import evaluate, evaluation
+from sepo_ray.models import save_model
+from sepo_ray.tasks import get_task
+from sepo_ray.tasks.dna.metrics import METRIC_KEYS, DNAScorer, reference_sequences
+from sepo_ray.tasks.dna.models import DNAConvDenoiser
 
 
 @pytest.fixture(scope="module")
@@ -21,24 +23,26 @@ def tiny_generator():
 
 
 def test_reference_rows_are_seeded_test_chromosome_draws():
-    a = evaluate.reference_sequences("real_hepg2_test", 20, seed=0)
-    assert a == evaluate.reference_sequences("real_hepg2_test", 20, seed=0)
-    assert a != evaluate.reference_sequences("real_hepg2_test", 20, seed=1)
+    a = reference_sequences("real_hepg2_test", 20, seed=0)
+    assert a == reference_sequences("real_hepg2_test", 20, seed=0)
+    assert a != reference_sequences("real_hepg2_test", 20, seed=1)
     assert len(set(a)) == 20 and all(len(s) == 200 for s in a)
     with pytest.raises(ValueError, match="only 958"):
-        evaluate.reference_sequences("real_hepg2_test", 959, seed=0)
+        reference_sequences("real_hepg2_test", 959, seed=0)
     with pytest.raises(ValueError, match="name must be one of"):
-        evaluate.reference_sequences("real_k562", 5, seed=0)
+        reference_sequences("real_k562", 5, seed=0)
 
 
 def test_evaluate_rows_and_outputs(tiny_generator, tmp_path):
     scorer = DNAScorer(generator=tiny_generator, elbo_steps=2)
     rows = {
         "tiny": tiny_generator,
-        "real_hepg2_test": lambda seed: evaluate.reference_sequences("real_hepg2_test", 12, seed),
+        "real_hepg2_test": lambda seed: reference_sequences("real_hepg2_test", 12, seed),
         "fixed": ["ACGT" * 50] * 12,
     }
-    metrics, samples = evaluate.evaluate_rows(rows, seeds=(0, 1), num_samples=12, steps=4, scorer=scorer)
+    metrics, samples = evaluation.evaluate_rows(
+        get_task("dna"), rows, seeds=(0, 1), num_samples=12, steps=4, scorer=scorer
+    )
     assert list(metrics) == list(rows)
     for row in metrics.values():
         assert tuple(row) == METRIC_KEYS
@@ -55,12 +59,12 @@ def test_evaluate_rows_and_outputs(tiny_generator, tmp_path):
     ]
     assert len(samples) == 3 * 2 * 12
     # sampling is seeded: the same seed gives the same sequences
-    _, again = evaluate.evaluate_rows(
-        {"tiny": tiny_generator}, seeds=(0,), num_samples=12, steps=4, scorer=scorer
+    _, again = evaluation.evaluate_rows(
+        get_task("dna"), {"tiny": tiny_generator}, seeds=(0,), num_samples=12, steps=4, scorer=scorer
     )
     first = samples[(samples.row == "tiny") & (samples.seed == 0)]
     assert again.sequence.tolist() == first.sequence.tolist()
-    out = evaluate.write_outputs(tmp_path / "ev", metrics, samples)
+    out = evaluation.write_outputs(tmp_path / "ev", metrics, samples, scorer)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert pd.read_parquet(out / "samples.parquet").equals(samples)
     assert (out / "pred_activity.png").stat().st_size > 1000
@@ -95,5 +99,7 @@ def test_command_line(tiny_generator, tmp_path, capsys):
     assert "real_nonhepg2_test" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         evaluate.main(["dna", "--output", str(out), "--seeds", "a,b"])
-    with pytest.raises(ValueError, match="name_or_path"):
-        evaluate.load_generator(tmp_path / "nothing_here")
+    with pytest.raises(ValueError, match="model weights must be"):
+        evaluation.load_generator(get_task("dna"), tmp_path / "nothing_here")
+    with pytest.raises(SystemExit):  # an output that is a file is refused before any work
+        evaluate.main(["dna", "--output", str(path), "--num-samples", "2"])

@@ -27,10 +27,10 @@ def cosine_expected(name, setup):
     everything = Sample(x=toy_old.clean, log_prob=torch.zeros(len(pi), dtype=torch.float64))
     adv = len(pi) * pi * (rewards - (pi * rewards).sum())
     params = list(model.parameters())
-    exact = bench._grad((toy.pi() * rewards).sum(), params)
+    exact = bench.flat_grad((toy.pi() * rewards).sum(), params)
     gen = torch.Generator().manual_seed(0)
     est = bench.estimator_gradient(name, model, old, toy, toy_old, everything, adv, CFG, gen)
-    return bench._cosine(est, exact)
+    return bench.cosine(est, exact)
 
 
 @pytest.mark.parametrize("offpolicy", [False, True])
@@ -56,16 +56,16 @@ def test_reinforce_traj_converges_with_many_samples(setup):
     )
     adv = leave_one_out_advantages(rewards[encode(batch.x, CFG["num_tokens"])])
     params = list(model.parameters())
-    exact = bench._grad((toy.pi() * rewards).sum(), params)
+    exact = bench.flat_grad((toy.pi() * rewards).sum(), params)
     est = bench.estimator_gradient("reinforce_traj", model, old, toy, toy_old, batch, adv, CFG, None)
-    assert bench._cosine(est, exact) > 0.95
+    assert bench.cosine(est, exact) > 0.95
 
 
 def test_run_fidelity_table_shape():
     cfg = {"pretrain_iters": 5, "batch": 4, "length": 3, "steps": 2}
     out = bench.run_fidelity(seeds=1, cfg=cfg)
     assert out["exact_identity_max_rel_err"] <= 1e-5
-    rows = bench._estimators(cfg)
+    rows = bench.estimator_rows(cfg)
     assert set(out["fidelity"]) == set(rows) == set(out["fidelity_offpolicy"])
     assert "conditional/snis4/all" in rows and "clean/none/k2" in rows and "reinforce_traj" in rows
     for table in ("fidelity", "fidelity_offpolicy", "fidelity_expected"):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sepo_ray import metrics
-from sepo_ray.data import HEPG2, decode, load_dhs
-from sepo_ray.models import DNAConvDenoiser
+from sepo_ray.tasks.dna import metrics
+from sepo_ray.tasks.dna.data import HEPG2, decode, load_dhs
+from sepo_ray.tasks.dna.models import DNAConvDenoiser
 
 
 def test_pearson_and_kmer3_corr_hand_cases():

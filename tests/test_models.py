@@ -9,19 +9,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sepo_ray.data import reverse_complement
-from sepo_ray.models import (
+from sepo_ray.models import load_model, read_metadata, save_model
+from sepo_ray.tasks.dna.classifiers import (
     DilatedCNNClassifier,
-    DNAConvDenoiser,
     KmerFeatures,
     KmerMLPClassifier,
     canonical_kmer_index,
-    from_drakes_state_dict,
-    load_denoiser,
-    load_model,
-    read_metadata,
-    save_model,
 )
+from sepo_ray.tasks.dna.data import reverse_complement
+from sepo_ray.tasks.dna.models import DNAConvDenoiser, from_drakes_state_dict, load_denoiser
 
 
 def _drakes_keys(num_layers: int) -> dict[str, tuple]:
@@ -150,8 +146,13 @@ def test_classifier_shapes():
 
 
 def test_pretraining_is_seeded(tmp_path):
-    from sepo_ray.data import load_dhs
-    from sepo_ray.pretrain import ClassifierConfig, GeneratorConfig, train_classifier, train_generator
+    from sepo_ray.tasks.dna.data import load_dhs
+    from sepo_ray.tasks.dna.pretrain import (
+        ClassifierConfig,
+        GeneratorConfig,
+        train_classifier,
+        train_generator,
+    )
 
     data = load_dhs()
     gcfg = GeneratorConfig(

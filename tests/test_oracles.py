@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from sepo_ray.data import HEPG2, decode, dinucleotide_shuffle_batch, encode, load_dhs, reverse_complement
-from sepo_ray.oracles import ORACLES, MotifScanner, get_oracle, log_odds_pwm, score_threshold
-from sepo_ray.pretrain import auroc
+from sepo_ray.oracles import get_oracle, oracle_names
+from sepo_ray.tasks.dna.data import (
+    HEPG2,
+    decode,
+    dinucleotide_shuffle_batch,
+    encode,
+    load_dhs,
+    reverse_complement,
+)
+from sepo_ray.tasks.dna.motifs import MotifScanner, log_odds_pwm, score_threshold
+from sepo_ray.tasks.dna.pretrain import auroc
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +39,7 @@ def oracles():
 
 
 def test_registry():
-    assert set(ORACLES) >= {"dna_ft", "dna_eval", "dna_atac", "motif_count"}
+    assert set(oracle_names()) >= {"dna_ft", "dna_eval", "dna_atac", "motif_count"}
     with pytest.raises(ValueError, match=r"oracle name must be one of \['dna_atac', 'dna_eval'"):
         get_oracle("dna_typo")
 
@@ -105,12 +113,18 @@ def test_liver_motifs_enriched_in_hepg2(heldout):
     assert hits[is_hepg2].mean() > 2 * hits[~is_hepg2].mean()
 
 
-def test_dna_task_facade(heldout):
-    from sepo_ray.dna import load_dna_task
+def test_dna_task_interface(heldout):
+    from sepo_ray.oracles.pool import resolve_reward
+    from sepo_ray.tasks import get_task
 
-    task = load_dna_task()
+    task = get_task("dna")
     x = heldout[0][:8]
-    np.testing.assert_allclose(task.reward(x), get_oracle("dna_ft")(x), rtol=1e-6)
-    assert task.heldout_reward(task.decode(x)).shape == (8,)
-    assert torch.equal(task.encode(task.decode(x)), x)
-    assert task.generator(torch.full((1, task.length), task.num_tokens)).shape == (1, 200, 4)
+    seqs = task.decode(x)
+    np.testing.assert_allclose(resolve_reward(task.default_reward)(seqs), get_oracle("dna_ft")(x), rtol=1e-6)
+    assert torch.equal(task.encode(seqs), x)
+    assert task.build_denoiser()(torch.full((1, task.length), task.num_tokens)).shape == (1, 200, 4)
+    held = task.heldout(seqs)
+    assert set(held) == {"heldout_score", "heldout_realism"}
+    assert held["heldout_score"] == pytest.approx(float(np.median(get_oracle("dna_eval")(x))), rel=1e-6)
+    sampled = task.sample(task.build_denoiser(), 4, 2, seed=0)
+    assert sampled == task.sample(task.build_denoiser(), 4, 2, seed=0) and all(len(s) == 200 for s in sampled)

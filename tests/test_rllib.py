@@ -60,7 +60,7 @@ def test_unknown_sepo_field_is_rejected():
 
 def mean_toy_reward(algo, n=512) -> float:
     from sepo_ray import diffusion
-    from sepo_ray.tasks import fraction_a
+    from sepo_ray.tasks.toy import fraction_a
 
     g = torch.Generator().manual_seed(1)
     x = diffusion.sample(algo.current_denoiser(), n, 16, algo.config.denoise_steps, generator=g).x
@@ -219,7 +219,8 @@ def test_reward_failing_later_keeps_last_checkpoint(ray_session, tmp_path, capsy
     record = json.loads((tmp_path / "result.json").read_text())
     assert [h["iteration"] for h in record["history"]] == [1]
     assert record["final_checkpoint"].endswith("iter_0001")
-    assert load_file(f"{record['final_checkpoint']}/generator.safetensors")  # intact and loadable
+    assert not record["final_checkpoint"].startswith("/")  # relative to the run directory: relocatable
+    assert load_file(tmp_path / record["final_checkpoint"] / "generator.safetensors")  # intact and loadable
 
 
 def test_user_reward_rises(ray_session, tmp_path):
@@ -227,7 +228,7 @@ def test_user_reward_rises(ray_session, tmp_path):
 
     rc = main(
         ["toy", "--output", str(tmp_path), "--iterations", "8", "--eval-samples", "256"]
-        + ["--reward", "sepo_ray.rewards:gc_content", "--set", "kl_alpha=0.0", "--set", "lr=3e-3"]
+        + ["--reward", "sepo_ray.tasks.dna.rewards:gc_content", "--set", "kl_alpha=0.0", "--set", "lr=3e-3"]
     )
     assert rc == 0
     record = json.loads((tmp_path / "result.json").read_text())

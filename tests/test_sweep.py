@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 from ray import tune
 
 from sepo_ray import sweep
+from sepo_ray.runtime import write_json
+from sepo_ray.settings import SETTINGS
 from sepo_ray.sweep import (
-    DOCUMENTED_FIELDS,
     build_param_space,
     load_sweep_spec,
     parse_sweep_spec,
@@ -25,13 +27,12 @@ from sepo_ray.sweep import (
     select_best,
     summarize_trial,
     sweep_report,
-    write_sweep_json,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_FILE = ROOT / "tune_configs" / "cpu_small.yaml"
 CLUSTER_FILE = ROOT / "tune_configs" / "cluster_paper.yaml"
-FIELDS = frozenset(DOCUMENTED_FIELDS | {"step_cost_s", "marker_dir", "driver_pid", "interrupt_at", "fail_at"})
+FIELDS = frozenset(set(SETTINGS) | {"step_cost_s", "marker_dir", "driver_pid", "interrupt_at", "fail_at"})
 
 
 def minimal(**over) -> dict:
@@ -52,7 +53,7 @@ def test_shipped_sweep_files_validate_against_sepo_config():
     cluster = load_sweep_spec(CLUSTER_FILE)
     for spec in (cpu, cluster):
         assert spec.scheduler.type == "asha" and spec.scheduler.time_attr == "time_total_s"
-        assert spec.metric == "sepo/reward_mean" and spec.select_metric == "sepo/heldout_pred_activity"
+        assert spec.metric == "sepo/reward_mean" and spec.select_metric == "sepo/heldout_score"
         assert {"clip_eps", "kl_alpha", "snis_samples", "denoise_steps"} <= set(spec.searched_fields)
 
 
@@ -103,7 +104,7 @@ def test_unknown_key_raises_naming_it(raw, culprit):
     [
         ({"clip_eps": {"uniform": [0.3, 0.1]}}, "search_space.clip_eps"),  # low > high
         ({"clip_eps": {"uniform": [0.2, 0.2]}}, "search_space.clip_eps"),  # empty
-        ({"clip_eps": {"uniform": [0.1, 1.5]}}, "search_space.clip_eps"),  # ε must be < 1
+        ({"clip_eps": {"uniform": [0.1, 1.5]}}, "search_space.clip_eps"),  # the schema: ε in (0, 1)
         ({"kl_alpha": {"loguniform": [0.0, 0.1]}}, "search_space.kl_alpha"),  # log of 0
         ({"lr": {"loguniform": [-1.0e-4, 1.0e-3]}}, "search_space.lr"),
         ({"denoise_steps": {"uniform": [8, 16]}}, "search_space.denoise_steps"),  # integer field
@@ -144,6 +145,65 @@ def test_invalid_range_raises_naming_the_field(space, culprit):
 def test_invalid_setting_raises_naming_the_key(over, culprit):
     with pytest.raises(ValueError, match=culprit.replace(".", r"\.")):
         parse_sweep_spec(minimal(**over), FIELDS)
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("clip_eps", 1.0),
+        ("checkpoint_frequency", 0),
+        ("group_size", 0),
+        ("neighbour_tokens", 0),
+        ("oracle_max_restarts", -1),
+        ("grad_clip", 0.0),
+        ("objective", "ppo"),
+        ("zero_clipped", "yes"),
+        ("generator", ""),
+        ("seed", 1.5),
+    ],
+)
+def test_config_values_follow_the_settings_schema(name, bad):
+    """A sweep refuses what the one schema refuses, in the schema's words, naming the key."""
+    why = SETTINGS[name].why_invalid(bad)
+    assert why is not None
+    with pytest.raises(ValueError) as err:
+        parse_sweep_spec(minimal(base_config={name: bad}, search_space={}), FIELDS)
+    assert str(err.value) == f"base_config.{name}: {name} {why}"
+    space = {name: {"choice": [SETTINGS[name].default, bad]}}
+    with pytest.raises(ValueError, match=rf"search_space\.{name}\.choice: {name} {re.escape(why)}"):
+        parse_sweep_spec(minimal(base_config={}, search_space=space), FIELDS)
+
+
+def test_every_schema_field_can_be_swept_with_a_space_of_its_kind():
+    spec = parse_sweep_spec(
+        minimal(
+            base_config={
+                "neighbour_tokens": 3,
+                "oracle_max_restarts": 0,
+                "generator": None,
+                "grad_clip": None,
+            },
+            search_space={
+                "objective": {"choice": ["sepo", "trajectory"]},
+                "zero_clipped": {"grid": [True, False]},
+                "group_size": {
+                    "grid": [1, 2]
+                },  # G = 1 is the schema's; GRPO's G >= 2 is SEPOConfig.validate()'s
+            },
+        ),
+        FIELDS,
+    )
+    assert spec.num_trials == 2 * 2 * 2
+    for space, culprit in [
+        ({"zero_clipped": {"randint": [0, 1]}}, "zero_clipped takes true or false; use choice or grid"),
+        ({"objective": {"uniform": [0, 1]}}, "objective takes strings; use choice or grid"),
+        ({"group_size": {"uniform": [2, 8]}}, "group_size is an integer field"),
+    ]:
+        with pytest.raises(ValueError, match=culprit):
+            parse_sweep_spec(minimal(base_config={}, search_space=space), FIELDS)
+    # a misspelt field names the schema's closest one
+    with pytest.raises(ValueError, match="did you mean 'clip_eps'"):
+        parse_sweep_spec(minimal(search_space={"clip_epsilon": {"uniform": [0.1, 0.3]}}), FIELDS)
 
 
 def test_missing_name_and_scheduler_are_reported():
@@ -220,9 +280,9 @@ def _hist(n, dt, reward, heldout_every=0, heldout=lambda i: None):
     for i in range(1, n + 1):
         row = {"training_iteration": i, "time_total_s": i * dt, "sepo/reward_mean": reward(i)}
         if heldout_every and i % heldout_every == 0:
-            row["sepo/heldout_pred_activity"] = heldout(i)
+            row["sepo/heldout_score"] = heldout(i)
         elif heldout_every:
-            row["sepo/heldout_pred_activity"] = float("nan")  # how a dataframe fills the gaps
+            row["sepo/heldout_score"] = float("nan")  # how a dataframe fills the gaps
         rows.append(row)
     return rows
 
@@ -244,7 +304,7 @@ def test_summaries_handle_sparse_heldout_and_early_stops(tmp_path):
         {"trial_id": "e", "status": "TERMINATED", "config": {"clip_eps": 0.15}, "history": []},
     ]  # fmt: skip
     rows = {r["trial_id"]: summarize_trial(r, spec) for r in records}
-    held = "sepo/heldout_pred_activity"
+    held = "sepo/heldout_score"
     assert rows["a"]["metrics"][held] == {"last": 2.0, "best": 2.0, "num_reports": 5}
     assert rows["a"]["metrics"]["sepo/reward_mean"]["last"] == pytest.approx(1.0)
     assert not rows["a"]["stopped_early"]
@@ -260,7 +320,7 @@ def test_summaries_handle_sparse_heldout_and_early_stops(tmp_path):
     assert best["config"] == {"clip_eps": 0.2}
     assert best["sepo_config"] == {"group_size": 4, "clip_eps": 0.2}
 
-    path = write_sweep_json(tmp_path / "out" / "sweep.json", report)
+    path = write_json(tmp_path / "out" / "sweep.json", report)
     loaded = json.loads(path.read_text())  # strict JSON: NaN became null
     assert loaded == json.loads(json.dumps(report))
     assert [t["trial_id"] for t in loaded["trials"]] == ["a", "b", "c", "d", "e"]
@@ -280,16 +340,16 @@ def test_best_falls_back_to_reward_when_nothing_reported_heldout():
 
 
 def test_select_min_guards_keep_reward_hackers_out():
-    real = "sepo/heldout_kmer3_corr"
+    real = "sepo/heldout_realism"
     spec = parse_sweep_spec(
         minimal(scheduler={"max_t": 10, "grace_period": 1}, select_min={real: 0.8}), FIELDS
     )
     assert spec.select_min == {real: 0.8} and f"{real} >= 0.8" in spec.describe()
 
-    def record(tid, heldout, kmer):
+    def record(tid, heldout, realism):
         hist = _hist(10, 1.0, lambda i: 1.0, 5, lambda i: heldout)
         for row in hist:
-            row[real] = kmer if row["training_iteration"] % 5 == 0 else float("nan")
+            row[real] = realism if row["training_iteration"] % 5 == 0 else float("nan")
         return {"trial_id": tid, "status": "TERMINATED", "config": {"clip_eps": 0.1}, "history": hist}
 
     # "hack" has the best held-out oracle score but its sequences stopped looking like DNA
@@ -305,7 +365,7 @@ def test_select_min_guards_keep_reward_hackers_out():
     assert report["best"]["trial_id"] == "good" and report["num_below_select_min"] == 1
     assert report["num_unchecked_select_min"] == 1
     text = sweep.format_report(report)
-    assert "[below select_min]" in text and "kmer3_corr=0.1" in text
+    assert "[below select_min]" in text and "heldout_realism=0.1" in text
     assert "[select_min metric not reported]" in text
     # without the guard the oracle-fooling trial wins
     assert sweep_report(_spec(), records)["best"]["trial_id"] == "hack"
@@ -357,7 +417,7 @@ class StandInSEPO(tune.Trainable):
             raise RuntimeError("simulated lost worker")
         out = {"sepo": {"reward_mean": self.reward, "kl": 0.01}}
         if i % 2 == 0:
-            out["sepo"]["heldout_pred_activity"] = self.reward / 2
+            out["sepo"]["heldout_score"] = self.reward / 2
         return out
 
     def save_checkpoint(self, checkpoint_dir):
@@ -401,12 +461,12 @@ def test_sweep_runs_asha_on_time_and_writes_sweep_json(ray_session, tmp_path, ca
     assert data["num_trials"] == 4 and data["num_terminated"] == 4
     assert data["num_stopped_early"] >= 1  # 0.05 and 0.1 fall below the running median
     assert data["best"]["config"] == {"clip_eps": 0.3}
-    assert data["best"]["selected_by"] == "sepo/heldout_pred_activity"
+    assert data["best"]["selected_by"] == "sepo/heldout_score"
     for row in data["trials"]:
         assert row["metrics"]["time_total_s"] >= spec.scheduler.grace_period
         assert row["stopped_early"] == (row["metrics"]["time_total_s"] < spec.scheduler.max_t)
     out = capsys.readouterr().out
-    assert "Best config by sepo/heldout_pred_activity" in out and "clip_eps" in out
+    assert "Best config by sepo/heldout_score" in out and "clip_eps" in out
     # a second run into the same directory must not silently mix two experiments
     with pytest.raises(ValueError, match="--resume"):
         run_sweep(spec, tmp_path / "out", trainable=StandInSEPO, verbose=0)
@@ -455,7 +515,7 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
     )  # fmt: skip
     raw["base_config"].update(prompts_per_batch=2, group_size=2, heldout_eval_interval=2, heldout_samples=8)
     raw["search_space"]["denoise_steps"] = {"choice": [4, 8]}
-    raw["select_min"] = {"sepo/heldout_kmer3_corr": -1.0}  # 8 samples: too few for the shipped bound
+    raw["select_min"] = {"sepo/heldout_realism": -1.0}  # 8 samples: too few for the shipped bound
     spec = parse_sweep_spec(raw)
     report = run_sweep(spec, tmp_path / "out", verbose=1)
     assert (tmp_path / "out" / "sweep.json").is_file()
@@ -465,12 +525,12 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
     assert set(report["best"]["config"]) == set(spec.searched_fields)
     # the realism score is reported with every held-out evaluation, on the same samples
     for t in report["trials"]:
-        held, real = t["metrics"]["sepo/heldout_pred_activity"], t["metrics"]["sepo/heldout_kmer3_corr"]
+        held, real = t["metrics"]["sepo/heldout_score"], t["metrics"]["sepo/heldout_realism"]
         assert real["num_reports"] == held["num_reports"]
         assert t["meets_select_min"] is (True if held["num_reports"] else None)
         if real["last"] is not None:
             assert -1.0 <= real["last"] <= 1.0
-    assert any(t["metrics"]["sepo/heldout_kmer3_corr"]["num_reports"] for t in report["trials"])
+    assert any(t["metrics"]["sepo/heldout_realism"]["num_reports"] for t in report["trials"])
 
 
 def test_values_sepo_config_refuses_stop_the_sweep_before_it_starts(tmp_path):
@@ -482,6 +542,11 @@ def test_values_sepo_config_refuses_stop_the_sweep_before_it_starts(tmp_path):
     spec = parse_sweep_spec(raw)
     with pytest.raises(sweep.SweepError, match=r"search_space\.denoise_steps=2: .*kl_steps"):
         run_sweep(spec, tmp_path / "out", trainable=SEPO, config_cls=SEPOConfig)
+    raw = copy.deepcopy(read_sweep_yaml(CPU_FILE))
+    del raw["base_config"]["group_size"]
+    raw["search_space"]["group_size"] = {"choice": [1, 4]}  # the schema allows G = 1, GRPO does not
+    with pytest.raises(sweep.SweepError, match=r"search_space\.group_size=1: .*GRPO"):
+        run_sweep(parse_sweep_spec(raw), tmp_path / "out", trainable=SEPO, config_cls=SEPOConfig)
     assert not (tmp_path / "out").exists()
     for path in (CPU_FILE, CLUSTER_FILE):
         sweep.check_against_config(load_sweep_spec(path), SEPOConfig)

@@ -1,36 +1,18 @@
-"""Denoiser networks (the DNA CNN of the DRAKES generator) and the oracle classifiers."""
+"""Generic denoisers and model files: safetensors with the class name and config in the header, never pickle.
 
-from .classifiers import (
-    DilatedCNNClassifier,
-    KmerFeatures,
-    KmerMLPClassifier,
-    canonical_kmer_index,
-    strand_averaged_logits,
-)
-from .dnaconv import DNAConvDenoiser, from_drakes_state_dict
-from .io import (
-    MODEL_CLASSES,
-    build_model,
-    denoiser_file,
-    load_denoiser,
-    load_model,
-    read_metadata,
-    save_model,
-)
+Tasks register their own model classes with :func:`register_model` (so their files load by name).
+"""
+
+from .conv import ConvDenoiser
+from .io import MODEL_CLASSES, build_model, load_model, model_file, read_metadata, register_model, save_model
 
 __all__ = [
     "MODEL_CLASSES",
-    "DNAConvDenoiser",
-    "DilatedCNNClassifier",
-    "KmerFeatures",
-    "KmerMLPClassifier",
+    "ConvDenoiser",
     "build_model",
-    "denoiser_file",
-    "canonical_kmer_index",
-    "from_drakes_state_dict",
-    "load_denoiser",
     "load_model",
+    "model_file",
     "read_metadata",
+    "register_model",
     "save_model",
-    "strand_averaged_logits",
 ]

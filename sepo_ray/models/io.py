@@ -9,29 +9,42 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .classifiers import DilatedCNNClassifier, KmerMLPClassifier
-from .dnaconv import DNAConvDenoiser
+from .conv import ConvDenoiser
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "DNAConvDenoiser": DNAConvDenoiser,
-    "DilatedCNNClassifier": DilatedCNNClassifier,
-    "KmerMLPClassifier": KmerMLPClassifier,
-}
+#: class name (as written in a file's header) -> class. Tasks add theirs with :func:`register_model`.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"ConvDenoiser": ConvDenoiser}
+
+
+def register_model(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: make ``cls`` savable and loadable by name (its ``__name__``); returns it unchanged."""
+    known = MODEL_CLASSES.get(cls.__name__)
+    if known is not None and known is not cls:
+        raise ValueError(f"a model class named {cls.__name__!r} is registered already ({known.__module__})")
+    MODEL_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def _model_class(name: str) -> type[nn.Module]:
+    if name not in MODEL_CLASSES:  # a task's classes register when its package is imported
+        from sepo_ray.tasks import import_all_tasks
+
+        import_all_tasks()
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"class_name must be one of {sorted(MODEL_CLASSES)}, got {name!r}")
+    return MODEL_CLASSES[name]
 
 
 def build_model(class_name: str, config: dict) -> nn.Module:
     """Instantiate a registered model class from its config dict; unknown names raise ValueError."""
-    if class_name not in MODEL_CLASSES:
-        raise ValueError(f"class_name must be one of {sorted(MODEL_CLASSES)}, got {class_name!r}")
-    return MODEL_CLASSES[class_name](**config)
+    return _model_class(class_name)(**config)
 
 
 def save_model(model: nn.Module, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write ``model``'s state dict to ``path`` (.safetensors); header metadata holds class and config (JSON)."""
     path = Path(path)
     name = type(model).__name__
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"model must be one of {sorted(MODEL_CLASSES)}, got {name}")
+    if MODEL_CLASSES.get(name) is not type(model):
+        raise ValueError(f"model must be one of {sorted(MODEL_CLASSES)} (see register_model), got {name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # BatchNorm's num_batches_tracked is int64 and fine for safetensors; nothing is pickled.
@@ -61,24 +74,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     return model.to(device).eval()
 
 
-PRETRAINED = {"pretrained": "generator", "dna": "generator"}
-
-
-def denoiser_file(name_or_path: str | Path = "pretrained") -> Path:
-    """The ``.safetensors`` file :func:`load_denoiser` reads for ``name_or_path`` (same rules, same errors)."""
-    if str(name_or_path) in PRETRAINED:
-        path = (
-            Path(__file__).resolve().parent.parent
-            / "artifacts"
-            / "dna"
-            / f"{PRETRAINED[str(name_or_path)]}.safetensors"
-        )
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing; rebuild it with: python -m sepo_ray.pretrain dna --only generator"
-            )
-    else:
-        path = Path(name_or_path)
+def model_file(path: str | Path) -> Path:
+    """The ``.safetensors`` file behind ``path``: the file itself, or the one model file in a directory
+    (one named generator / denoiser / model if there are several). ValueError says what is wrong."""
+    path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         named = [f for f in files if f.stem in ("generator", "denoiser", "model")]
@@ -86,34 +85,11 @@ def denoiser_file(name_or_path: str | Path = "pretrained") -> Path:
             path = (named or files)[0]
         else:
             raise ValueError(
-                f"name_or_path: directory {path} holds {len(files)} .safetensors files "
-                f"({[f.name for f in files]}); pass the generator's file"
+                f"directory {path} holds {len(files)} .safetensors files ({[f.name for f in files]}); "
+                "pass the generator's file"
             )
     if not path.is_file():
         raise ValueError(
-            f"name_or_path must be 'pretrained', a .safetensors file or a directory, got {name_or_path!r}"
+            f"model weights must be a .safetensors file or a directory holding one, got {str(path)!r}"
         )
     return path
-
-
-def load_denoiser(name_or_path: str | Path = "pretrained", device: str | torch.device = "cpu") -> nn.Module:
-    """Load a DNA denoiser (protocol: ``model(z (B, L)) -> logits (B, L, m)``, ``model.num_tokens``), eval mode.
-
-    ``name_or_path``:
-      - ``"pretrained"`` (or ``"dna"``): the shipped generator ``sepo_ray/artifacts/dna/generator.safetensors``;
-      - a ``.safetensors`` file written by :func:`save_model` (class and config in its header);
-      - a ``.safetensors`` file holding DRAKES backbone weights (keys ``linear.weight``, ``convs.0.weight``, ...,
-        optionally prefixed ``backbone.``), see :func:`~sepo_ray.models.dnaconv.from_drakes_state_dict`;
-      - a directory holding exactly one ``*.safetensors`` file (or one named generator/denoiser/model).
-    """
-    from .dnaconv import from_drakes_state_dict
-
-    path = denoiser_file(name_or_path)
-    meta = read_metadata(path)
-    if "class" in meta:
-        model = load_model(path, device)
-    else:
-        model = from_drakes_state_dict(load_file(str(path), device="cpu")).to(device).eval()
-    if not hasattr(model, "num_tokens"):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a denoiser (no num_tokens attribute)")
-    return model

@@ -1,36 +1,21 @@
-"""Reward oracles: callables ``oracle(sequences) -> np.ndarray (N,)``, built by name with :func:`get_oracle`.
+"""Reward oracles: the names tasks register (``Task.oracles``) and the Ray actor pool that serves any reward.
 
-Registered names:
-
-- ``dna_ft``: :class:`FTOracle` (HepG2 log-odds, fine-tuning oracle — the default DNA reward);
-- ``dna_eval``: :class:`EvalOracle` (HepG2 log-odds, evaluation oracle — Pred-Activity);
-- ``dna_atac``: :class:`AccessibilityClassifier` (probability of a real-DHS-like sequence — ATAC-Acc);
-- ``motif_count``: :class:`MotifScanner` (liver-TF motif hits per sequence, JASPAR).
-
-The Ray actor pool that serves any of them lives in :mod:`sepo_ray.oracles.pool`.
+``get_oracle(name)`` builds an oracle that a task registers (``Task.oracles``); the pool, reward specs
+and their validation live in :mod:`sepo_ray.oracles.pool`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .dna import (
-    ARTIFACT_DIR,
-    AccessibilityClassifier,
-    ClassifierOracle,
-    EvalOracle,
-    FTOracle,
-    SequenceOracle,
-    artifact_path,
-)
-from .motifs import LIVER_MOTIFS, MotifScanner, log_odds_pwm, score_threshold
+from .pool import RewardError, RewardPool, import_callable, resolve_reward, validate_rewards
 
-ORACLES: dict[str, Callable[..., Callable]] = {
-    "dna_ft": FTOracle,
-    "dna_eval": EvalOracle,
-    "dna_atac": AccessibilityClassifier,
-    "motif_count": MotifScanner,
-}
+
+def oracle_names() -> list[str]:
+    """Every reward name the installed tasks register."""
+    from sepo_ray.tasks import oracle_specs
+
+    return sorted(oracle_specs())
 
 
 def get_oracle(name: str, **kwargs) -> Callable:
@@ -38,23 +23,22 @@ def get_oracle(name: str, **kwargs) -> Callable:
 
     Unknown names raise ValueError listing the valid ones.
     """
-    if name not in ORACLES:
-        raise ValueError(f"oracle name must be one of {sorted(ORACLES)}, got {name!r}")
-    return ORACLES[name](**kwargs)
+    from sepo_ray.tasks import oracle_specs
+
+    specs = oracle_specs()
+    if name not in specs:
+        raise ValueError(f"oracle name must be one of {sorted(specs)}, got {name!r}")
+    from sepo_ray.runtime import import_object
+
+    return import_object(specs[name], f"oracle {name!r}")(**kwargs)
 
 
 __all__ = [
-    "ARTIFACT_DIR",
-    "LIVER_MOTIFS",
-    "ORACLES",
-    "AccessibilityClassifier",
-    "ClassifierOracle",
-    "EvalOracle",
-    "FTOracle",
-    "MotifScanner",
-    "SequenceOracle",
-    "artifact_path",
+    "RewardError",
+    "RewardPool",
     "get_oracle",
-    "log_odds_pwm",
-    "score_threshold",
+    "import_callable",
+    "oracle_names",
+    "resolve_reward",
+    "validate_rewards",
 ]

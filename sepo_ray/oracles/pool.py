@@ -2,7 +2,7 @@
 
 A *reward spec* is a string naming what to score sequences with:
 
-- a registered oracle name (``sepo_ray.oracles.get_oracle``), e.g. ``"dna_ft"``;
+- a registered oracle name (``sepo_ray.oracles.get_oracle``), which a task adds (``Task.oracles``);
 - ``"module:function"``: any importable callable taking a list of sequences (strings) and returning one
   float per sequence; a class at that path is instantiated once (with no arguments) and then called.
 
@@ -14,7 +14,6 @@ are not finite, have the wrong count, or raise become a :class:`RewardError` nam
 
 from __future__ import annotations
 
-import importlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,22 +27,13 @@ class RewardError(RuntimeError):
 
 def import_callable(spec: str, what: str = "reward") -> Callable:
     """The callable a ``module:function`` spec names (a class is instantiated); ValueError naming ``what``."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{what} {spec!r}: expected 'module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({e})") from e
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    from sepo_ray.runtime import import_object
+
+    obj = import_object(spec, what)
     if isinstance(obj, type):
         obj = obj()
     if not callable(obj):
-        raise ValueError(f"{what} {spec!r}: {attr!r} is not callable")
+        raise ValueError(f"{what} {spec!r}: {spec.partition(':')[2]!r} is not callable")
     return obj
 
 

@@ -27,7 +27,7 @@ from ray.rllib.utils.metrics import (
 )
 
 from sepo_ray import sepo
-from sepo_ray.oracles.pool import RewardError, RewardPool, resolve_reward
+from sepo_ray.oracles.pool import RewardError, RewardPool
 from sepo_ray.rllib.config import SEPOConfig
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ class SEPO(Algorithm):
     def setup(self, config) -> None:
         cfg = self.config
         self._reward_pool = None
-        self._heldout_reward = None
         self._baseline = None  # PPO: learned scalar value of the (single-state) bandit
         if cfg.oracle_actors > 0:
             spec = cfg.reward or cfg.task_spec().default_reward
@@ -214,39 +213,22 @@ class SEPO(Algorithm):
         return model.eval()
 
     def heldout_metrics(self, num_samples: int | None = None, seed: int = 0) -> dict[str, float]:
-        """Held-out scores of fresh samples from the current model (nothing here is used in training).
+        """The task's held-out figures of fresh samples from the current model (nothing here trains).
 
-        ``heldout_pred_activity``: median score of the task's held-out (evaluation) oracle; and, when the task
-        names one, ``heldout_<realism>`` (DNA: ``heldout_kmer3_corr``) on the same samples. {} when the task
-        has no held-out oracle.
+        ``heldout_score`` (an oracle never used in training) and ``heldout_realism`` (how much the samples
+        still look like real data), as the task defines them; {} for a task without a held-out check.
         """
-        from sepo_ray import diffusion
-        from sepo_ray.oracles.pool import import_callable
-
         cfg = self.config
         task = cfg.task_spec()
-        if task.heldout_reward is None:
-            return {}
-        if self._heldout_reward is None:
-            self._heldout_reward = resolve_reward(task.heldout_reward)
         g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            out = diffusion.sample(
-                self.current_denoiser(),
-                num_samples or cfg.heldout_samples,
-                task.length,
-                cfg.denoise_steps,
-                corrector_steps=cfg.corrector_steps,
-                generator=g,
-            )
-        seqs = task.decode(out.x)
-        metrics = {"heldout_pred_activity": float(np.median(self._heldout_reward(seqs)))}
-        if task.heldout_realism is not None:
-            name, spec = task.heldout_realism
-            metrics[f"heldout_{name}"] = float(
-                import_callable(spec, what=f"task {task.name!r} realism")(seqs)
-            )
-        return metrics
+        seqs = task.sample(
+            self.current_denoiser(),
+            num_samples or cfg.heldout_samples,
+            cfg.denoise_steps,
+            generator=g,
+            corrector_steps=cfg.corrector_steps,
+        )
+        return task.heldout(seqs)
 
     # ---------------------------------------------------------------------------------- checkpointing
     def get_state(self, *args, **kwargs):

@@ -15,7 +15,10 @@ rollout workers and the ratio stays right under stale weights):
 - ``group_id`` (N,): GRPO group of each sequence (G consecutive sub-environments share one);
 - ``sample_log_prob`` (N,): log-probability of the sampler's own path;
 - with ``objective="trajectory"`` (the DDPO / d1-style baseline): ``path_states`` (N, P+1, L) and
-  ``old_step_log_prob`` (N, P), the recorded path and its per-transition log-probabilities.
+  ``old_step_log_prob`` (N, P), the recorded path and its per-transition log-probabilities;
+- with ``neighbour_tokens`` J set: ``neighbour_tokens`` (N, K, J), the proposed tokens per position.
+
+The quantities are assembled by :func:`sepo_ray.sepo.update.rollout`, the same function the benchmarks call.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from sepo_ray import diffusion, sepo
+from sepo_ray import diffusion
+from sepo_ray.sepo import update
 
 EXTRA_KEYS = (
     "positions",
@@ -57,12 +61,15 @@ class SEPOTorchRLModule(TorchRLModule):
     """Wraps the task's denoiser ``model(z (B, L)) -> logits (B, L, m)``; the policy is its sampler."""
 
     def setup(self):
+        from sepo_ray.sepo.update import UpdateSpec
         from sepo_ray.tasks import get_task
 
         settings = self.model_config["sepo"]
-        self.settings = dict(settings)
         self.task = get_task(settings["task"])
-        self.denoiser = self.task.build_denoiser(settings["generator"])
+        self.spec = UpdateSpec.from_settings(settings, self.task.num_tokens)
+        self.group_size = int(settings["group_size"])
+        self.generator_weights = settings["generator"]
+        self.denoiser = self.task.build_denoiser(self.generator_weights)
         self.schedule = diffusion.LogLinearSchedule()
         self._rng = torch.Generator()
         self._rng.manual_seed(_sampler_seed(self.model_config.get("seed")))
@@ -70,56 +77,31 @@ class SEPOTorchRLModule(TorchRLModule):
     # ------------------------------------------------------------------------------------- sampling
     def generate(self, num: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Samples ``num`` sequences and the old-policy quantities SEPO needs (see module docstring)."""
-        s = self.settings
         g = generator if generator is not None else self._rng
-        steps = int(s["denoise_steps"])
-        kl_steps = torch.randperm(steps, generator=g)[: int(s["kl_steps"])] + 1  # (S,) in 1..T
-        out = diffusion.sample(
-            self.denoiser,
-            num,
-            self.task.length,
-            steps,
-            self.schedule,
-            corrector_steps=int(s["corrector_steps"]),
-            generator=g,
-            record_states_at=kl_steps,
-            record_path=s["objective"] == "trajectory",
+        out = update.rollout(
+            self.denoiser, num, self.task.length, self.spec, generator=g, schedule=self.schedule
         )
-        x = out.x  # (N, L)
-        positions, _ = sepo.sample_positions(
-            num, self.task.length, s["neighbour_positions"], generator=g
-        )  # (N, K)
-        old_log_scores = sepo.log_scores(self.denoiser, x, positions, s["score_estimator"])  # (N, K, m)
-        m, snis = self.task.num_tokens, int(s["snis_samples"])
-        sites = sepo.draw_snis_sites(positions, m, snis, self.task.length, generator=g)  # (N, K, m-1, M)
-        old_log_pi_hat = sepo.log_pi_hat(
-            self.denoiser,
-            x,
-            positions,
-            snis,
-            s["score_estimator"],
-            generator=g,
-            sites=sites if snis else None,
-        )  # (N, K, m)
-        group = int(s["group_size"])
         base = int(torch.randint(0, 2**40, (1,), generator=g)) * 4096
+        tokens = (
+            torch.int8 if self.task.num_tokens < 127 else torch.int32
+        )  # ids 0..m (MASK = m) travel compactly
         extra = {}
-        if s["objective"] == "trajectory":  # baseline: keep the whole path and its per-step log-probs
-            extra["path_states"] = out.path.states.to(torch.int8)  # (N, P + 1, L)
-            extra["old_step_log_prob"] = diffusion.score_path(
-                self.denoiser, out.path, self.schedule, reduce=False
-            ).float()
+        if "path_states" in out:  # the trajectory baseline: the whole path and its per-step log-probs
+            extra["path_states"] = out["path_states"].to(tokens)  # (N, P + 1, L)
+            extra["old_step_log_prob"] = out["old_step_log_prob"]  # (N, P)
+        if "neighbour_tokens" in out:
+            extra["neighbour_tokens"] = out["neighbour_tokens"]  # (N, K, J)
         return {
             **extra,
-            Columns.ACTIONS: x,
-            "positions": positions,
-            "old_log_scores": old_log_scores.float(),
-            "old_log_pi_hat": old_log_pi_hat.float(),
-            "snis_sites": sites.to(torch.int16),  # (N, K, m-1, M): shared with the learner's pi_hat_theta
-            "kl_states": out.states.to(torch.int8),  # (N, S, L)
-            "kl_steps": kl_steps.expand(num, -1).clone(),  # (N, S)
-            "group_id": base + torch.arange(num) // group,  # (N,)
-            "sample_log_prob": out.log_prob.float(),  # (N,)
+            Columns.ACTIONS: out["x"],
+            "positions": out["positions"],
+            "old_log_scores": out["old_log_scores"],
+            "old_log_pi_hat": out["old_log_pi_hat"],
+            "snis_sites": out["snis_sites"].to(torch.int16),  # (N, K, J, M): shared with the learner
+            "kl_states": out["kl_states"].to(tokens),  # (N, S, L)
+            "kl_steps": out["kl_steps"],  # (N, S)
+            "group_id": base + torch.arange(num) // self.group_size,  # (N,)
+            "sample_log_prob": out["sample_log_prob"],  # (N,)
         }
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Score Entropy Policy Optimization: scores, neighbours, SNIS, coefficients, loss, advantages, KL, exact toy.
+"""Score Entropy Policy Optimization: scores, neighbours, token proposals, SNIS, coefficients, loss,
+advantages, KL, exact toy.
 
 Pure torch/numpy; no Ray.
 """
@@ -6,7 +7,14 @@ Pure torch/numpy; no Ray.
 from .advantages import group_advantages, leave_one_out_advantages, ppo_advantages
 from .kl import kl_masked_path, kl_to_reference
 from .loss import grpo, grpo_coefficients, ppo_coefficients, ratio, sepo_loss, trajectory_pg_loss
-from .neighbours import neighbour_mask, neighbours, other_tokens, sample_positions
+from .neighbours import (
+    neighbour_mask,
+    neighbours,
+    other_tokens,
+    proposal_mask,
+    propose_tokens,
+    sample_positions,
+)
 from .scores import ESTIMATORS, log_scores, log_scores_from_site_log_probs, site_log_probs
 from .snis import (
     SNISTerms,
@@ -36,6 +44,8 @@ __all__ = [
     "other_tokens",
     "ppo_advantages",
     "ppo_coefficients",
+    "proposal_mask",
+    "propose_tokens",
     "ratio",
     "sample_positions",
     "sepo_loss",

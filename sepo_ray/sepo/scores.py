@@ -33,6 +33,23 @@ def _forward(model, z: Tensor, batch_size: int | None) -> Tensor:
     return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
+def _site_forward(model, z: Tensor, sites: Tensor, batch_size: int | None) -> Tensor:
+    """log-softmax of model(z) at one site per row, chunked: z (N, L), sites (N,) long -> (N, m).
+
+    Equal to `_forward(model, z, batch_size)[n, sites[n]]`, but only one chunk's (batch_size, L, m) logits
+    are alive at a time: for a large vocabulary m the full (N, L, m) would not fit.
+    """
+    if batch_size is None or z.shape[0] <= batch_size:
+        chunks = [(z, sites)]
+    else:
+        chunks = list(zip(z.split(batch_size), sites.split(batch_size)))
+    out = []
+    for z_c, s_c in chunks:
+        logp = _forward(model, z_c, None)  # (n, L, m)
+        out.append(logp.gather(1, s_c.view(-1, 1, 1).expand(-1, 1, logp.shape[-1])).squeeze(1))  # (n, m)
+    return out[0] if len(out) == 1 else torch.cat(out)  # (N, m)
+
+
 def site_log_probs(
     model, x: Tensor, positions: Tensor, estimator: str = "conditional", batch_size: int | None = None
 ) -> Tensor:
@@ -51,9 +68,8 @@ def site_log_probs(
         return logp.gather(1, positions.unsqueeze(-1).expand(batch, k, logp.shape[-1]))  # (B, K, m)
     z = x.unsqueeze(1).expand(batch, k, length).clone()  # (B, K, L)
     z.scatter_(-1, positions.unsqueeze(-1), mask_id)  # (B, K, L) x^(l)
-    logp = _forward(model, z.reshape(batch * k, length), batch_size)  # (B K, L, m)
-    at_site = positions.reshape(batch * k, 1, 1).expand(batch * k, 1, logp.shape[-1])
-    return logp.gather(1, at_site).reshape(batch, k, -1)  # (B, K, m)
+    logp = _site_forward(model, z.reshape(batch * k, length), positions.reshape(-1), batch_size)  # (B K, m)
+    return logp.reshape(batch, k, -1)  # (B, K, m)
 
 
 def log_scores_from_site_log_probs(

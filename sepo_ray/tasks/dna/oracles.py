@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.dhs import HEPG2
-from ..data.sequences import SEQ_LEN, as_tokens, reverse_complement
+from .data.dhs import HEPG2
+from .data.sequences import SEQ_LEN, as_tokens, reverse_complement
 
-ARTIFACT_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "dna"
+ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 
 
 def artifact_path(name: str) -> Path:
@@ -75,7 +75,7 @@ class ClassifierOracle(SequenceOracle):
         batch_size: int = 1024,
     ):
         super().__init__(device, batch_size)
-        from ..models import load_model
+        from .models import load_model
 
         if output not in ("hepg2_log_odds", "probability"):
             raise ValueError(f"output must be 'hepg2_log_odds' or 'probability', got {output!r}")

@@ -2,9 +2,9 @@
 
 Per-sequence scores (:meth:`DNAScorer.scores`):
 
-- ``pred_activity``: evaluation-oracle HepG2 log-odds (:class:`~sepo_ray.oracles.EvalOracle`);
+- ``pred_activity``: evaluation-oracle HepG2 log-odds (:class:`~sepo_ray.tasks.dna.oracles.EvalOracle`);
 - ``atac``: accessibility-classifier probability of a real-DHS-like sequence;
-- ``motif_count``: liver-TF motif hits (:class:`~sepo_ray.oracles.MotifScanner`);
+- ``motif_count``: liver-TF motif hits (:class:`~sepo_ray.tasks.dna.motifs.MotifScanner`);
 - ``log_lik``: ELBO of the sequence under the pretrained generator, nats per sequence
   (``sepo_ray.diffusion.elbo`` of the ``elbo_steps``-step sampler, one masking draw per step, seeded).
 
@@ -32,7 +32,16 @@ from torch import Tensor
 
 from .data.sequences import SEQ_LEN, as_tokens, kmer_frequencies
 
-METRIC_KEYS = ("pred_activity_median", "atac_acc", "kmer3_corr", "log_lik_median", "motif_enrichment")
+METRIC_LABELS = {
+    "pred_activity_median": "Pred-Activity (median) ↑",
+    "atac_acc": "ATAC-Acc (%) ↑",
+    "kmer3_corr": "3-mer Corr ↑",
+    "log_lik_median": "Log-Lik (median) ↑",
+    "motif_enrichment": "Motif enrichment (log2) ↑",
+}
+METRIC_KEYS = tuple(METRIC_LABELS)
+#: rows of real test-chromosome DHS in the evaluation table
+REFERENCE_ROWS = ("real_hepg2_test", "real_nonhepg2_test")
 SCORE_KEYS = ("pred_activity", "atac", "motif_count", "log_lik")
 #: Default ELBO steps per sequence for ``log_lik`` (cost: this many generator forwards per sequence). With the
 #: shipped generator the median ELBO of real HepG2 test DHS is -267.3 nats at 4 steps, -265.5 at 8, -264.9 at 32:
@@ -101,7 +110,7 @@ def _nonempty(values: np.ndarray, name: str) -> np.ndarray:
 def reference_stats() -> dict:
     """3-mer frequencies (64,) and mean liver-motif hits of the real HepG2 DHS outside the test chromosome."""
     from .data import HEPG2, load_dhs
-    from .oracles import MotifScanner
+    from .motifs import MotifScanner
 
     data = load_dhs()
     rows = np.flatnonzero((data.cell_type == HEPG2) & (data.data_label != "test"))
@@ -113,16 +122,42 @@ def reference_stats() -> dict:
     }
 
 
+def reference_sequences(name: str, num_samples: int, seed: int) -> list[str]:
+    """Real test-chromosome DHS for a reference row, ``num_samples`` drawn without replacement (seeded).
+
+    ``real_hepg2_test``: HepG2-specific rows of chr1 (958); ``real_nonhepg2_test``: the others (3,607).
+    """
+    from .data import HEPG2, load_dhs
+
+    data = load_dhs()
+    test = data.split("test")
+    if name == "real_hepg2_test":
+        rows = test[data.cell_type[test] == HEPG2]
+    elif name == "real_nonhepg2_test":
+        rows = test[data.cell_type[test] != HEPG2]
+    else:
+        raise ValueError(f"name must be one of {REFERENCE_ROWS}, got {name!r}")
+    if num_samples > len(rows):
+        raise ValueError(f"num_samples: {name} has only {len(rows)} sequences, asked for {num_samples}")
+    pick = np.random.default_rng(int(seed)).choice(rows, size=num_samples, replace=False)
+    return [data.sequences[i] for i in pick]
+
+
 class DNAScorer:
     """Holds the evaluation models and computes per-sequence scores and the metric table.
 
     Args:
         device: where the oracles and the generator run.
         generator: the pretrained generator for ``log_lik`` (a module, a name/path for
-            :func:`sepo_ray.models.load_denoiser`, default "pretrained"), or False to skip ``log_lik``.
+            :func:`sepo_ray.tasks.dna.models.load_denoiser`, default "pretrained"), or False to skip ``log_lik``.
         elbo_steps: time draws per sequence of the ELBO.
         batch_size: sequences per generator forward in the ELBO.
     """
+
+    metric_labels = METRIC_LABELS
+    metric_digits = {"atac_acc": 1, "log_lik_median": 1}
+    plot_score = "pred_activity"
+    plot_label = "Pred-Activity (eval-oracle HepG2 log-odds)"
 
     def __init__(
         self,
@@ -131,7 +166,8 @@ class DNAScorer:
         elbo_steps: int = ELBO_STEPS,
         batch_size: int = 256,
     ):
-        from .oracles import AccessibilityClassifier, EvalOracle, MotifScanner
+        from .motifs import MotifScanner
+        from .oracles import AccessibilityClassifier, EvalOracle
 
         if elbo_steps < 1:
             raise ValueError(f"elbo_steps must be >= 1, got {elbo_steps}")
@@ -153,7 +189,7 @@ class DNAScorer:
     @torch.no_grad()
     def log_lik(self, x: Tensor, seed: int = 0) -> np.ndarray:
         """ELBO under the pretrained generator, nats per sequence: tokens (N, L) -> float64 (N,)."""
-        from .diffusion import elbo
+        from sepo_ray.diffusion import elbo
 
         if self.generator is None:
             return np.full(len(x), np.nan)
@@ -181,6 +217,10 @@ class DNAScorer:
     ) -> dict[str, float]:
         """The metric table row (keys :data:`METRIC_KEYS`); pass ``scores`` to reuse per-sequence scores."""
         scores = self.scores(sequences, seed) if scores is None else scores
+        return summarize(scores, sequences)
+
+    def summarize(self, scores: dict[str, np.ndarray], sequences: Sequence[str] | Tensor) -> dict[str, float]:
+        """Set-level metrics (keys :data:`METRIC_KEYS`) from per-sequence scores (see :func:`summarize`)."""
         return summarize(scores, sequences)
 
 

@@ -1,4 +1,4 @@
-"""The DNA denoiser of the DRAKES generator: a dilated 1-D CNN over one-hot tokens (incl. MASK).
+"""A dilated 1-D CNN denoiser over one-hot tokens (incl. MASK), for any small vocabulary.
 
 Architecture of Stark et al. 2024 ("Dirichlet flow matching", ``CNNModel``), as DRAKES (Wang et al. 2025) uses it
 for its MDLM backbone (paper App. E.2: "the CNN architecture from Stark et al. (2024)"):
@@ -12,17 +12,16 @@ base layers is repeated S times in a row, exactly as the reference builds its ``
 constant from the time embedding at t = 0 when ``time_embedding=True`` (MDLM with ``time_conditioning=False``
 feeds sigma = 0 to the backbone); with ``time_embedding=False`` (our default) c_i = 0 and those parameters do not
 exist. The last layer has m + 1 outputs like the reference (the MASK logit is never used: MDLM's "subs"
-parameterisation sets it to -inf), and :meth:`DNAConvDenoiser.forward` returns the m clean-token logits only.
+parameterisation sets it to -inf), and :meth:`ConvDenoiser.forward` returns the m clean-token logits only.
 
 State-dict names match the DRAKES ``pretrained.ckpt`` backbone (``linear.*``, ``time_embedder.*``,
-``time_layers.{i}.dense.*``, ``convs.{i}.*``, ``norms.{i}.*``, ``final_conv.{0,2}.*``), so
-:func:`from_drakes_state_dict` loads those weights (hidden 128, 4 stacks, time embedding on).
+``time_layers.{i}.dense.*``, ``convs.{i}.*``, ``norms.{i}.*``, ``final_conv.{0,2}.*``), so the DNA task loads
+those weights unchanged (hidden 128, 4 stacks, time embedding on).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +53,7 @@ class Dense(nn.Module):
         return self.dense(x)
 
 
-class DNAConvDenoiser(nn.Module):
+class ConvDenoiser(nn.Module):
     """Time-unconditioned MDLM denoiser: z (B, L) long in 0..m (m = MASK) -> logits (B, L, m) over clean tokens.
 
     Args:
@@ -128,33 +127,3 @@ class DNAConvDenoiser(nn.Module):
             feat = feat + F.relu(self.convs[i](h))  # (B, H, L)
         logits = self.final_conv(feat).transpose(1, 2)  # (B, L, m+1)
         return logits[..., : self.num_tokens]  # (B, L, m)
-
-
-def from_drakes_state_dict(state_dict: Mapping[str, Tensor]) -> DNAConvDenoiser:
-    """Build a :class:`DNAConvDenoiser` from DRAKES backbone weights.
-
-    Accepts the backbone's own state dict or a whole MDLM state dict (keys prefixed ``backbone.``; other keys are
-    ignored), e.g. ``torch.load("pretrained.ckpt", map_location="cpu", weights_only=True)["state_dict"]``.
-    hidden size, number of stacks and the time embedding are inferred from the tensor shapes.
-    """
-    sd = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
-    sd = {k: v for k, v in sd.items() if k.split(".")[0] in _DRAKES_TOP_LEVEL}
-    if "linear.weight" not in sd:
-        raise ValueError(
-            "state_dict has no 'linear.weight' (nor 'backbone.linear.weight'): not a DRAKES backbone"
-        )
-    hidden, alphabet = sd["linear.weight"].shape[:2]
-    num_convs = len({k.split(".")[1] for k in sd if k.startswith("convs.")})
-    if num_convs % 5:
-        raise ValueError(f"state_dict has {num_convs} convs, expected a multiple of 5")
-    model = DNAConvDenoiser(
-        hidden_dim=int(hidden),
-        num_cnn_stacks=num_convs // 5,
-        num_tokens=int(alphabet) - 1,
-        time_embedding="time_embedder.1.weight" in sd,
-    )
-    model.load_state_dict(sd, strict=True)
-    return model
-
-
-_DRAKES_TOP_LEVEL = {"linear", "time_embedder", "time_layers", "convs", "norms", "final_conv"}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.sequences import NUM_TOKENS, SEQ_LEN
+from .data.sequences import NUM_TOKENS, SEQ_LEN
 
 JASPAR_RELEASE = "JASPAR2024"
 #: Core hepatocyte TFs (one matrix per motif family, so that no binding site is counted twice).
@@ -132,7 +132,7 @@ class MotifScanner:
 
     def hits(self, sequences: Sequence[str] | Tensor | np.ndarray) -> np.ndarray:
         """Hits per sequence and motif: int64 (N, M), motifs in the order of :attr:`names`."""
-        from ..data.sequences import as_tokens
+        from .data.sequences import as_tokens
 
         x = as_tokens(sequences, self.length)
         n_motifs, w_max = len(self.names), self._weight.shape[-1]

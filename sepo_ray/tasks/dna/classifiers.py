@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.sequences import NUM_TOKENS, reverse_complement
+from .data.sequences import NUM_TOKENS, reverse_complement
 
 
 class DilatedCNNClassifier(nn.Module):

@@ -1,0 +1,165 @@
+"""The evaluation table (paper Table 2 / Fig. 2 layout) for any task: rows over seeds, a violin plot, samples.
+
+A *row* is a generator (sampled ``num_samples`` per seed with ``steps`` steps), a list of sequences (the same
+for every seed), a ``{seed: sequences}`` mapping or a callable ``seed -> sequences``. The task's scorer
+(:meth:`sepo_ray.tasks.Task.scorer`) gives the per-sequence scores and the set-level metrics with their
+labels; :func:`evaluate_rows` returns the metrics as mean and sample standard deviation over seeds, and every
+sequence with its scores. ``evaluate`` and ``compare`` are command lines over these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch import nn
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from sepo_ray.tasks import Scorer, Task
+
+DEFAULT_STEPS = 32
+
+RowSpec = nn.Module | Sequence[str] | Mapping[int, Sequence[str]] | Callable[[int], Sequence[str]]
+
+
+def load_generator(task: Task, path_or_name: str | Path = "pretrained", device="cpu") -> nn.Module:
+    """The generator behind an evaluation row: ``"pretrained"`` (the task's own) or a weights file/folder."""
+    return task.build_denoiser(None if str(path_or_name) == "pretrained" else path_or_name, device=device)
+
+
+def _row_sequences(
+    task: Task, spec: RowSpec, seed: int, num_samples: int, steps: int, batch_size: int, progress
+) -> list[str]:
+    if isinstance(spec, nn.Module):
+        return task.sample(spec, num_samples, steps, seed=seed, batch_size=batch_size, progress=progress)
+    if isinstance(spec, Mapping):
+        return list(spec[seed])
+    if callable(spec):
+        return list(spec(seed))
+    return list(spec)
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for one value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+
+
+def evaluate_rows(
+    task: Task,
+    rows: Mapping[str, RowSpec],
+    seeds: Sequence[int] = (0, 1, 2),
+    num_samples: int = 640,
+    steps: int = DEFAULT_STEPS,
+    scorer: Scorer | None = None,
+    progress: bool = True,
+    batch_size: int = 320,
+) -> tuple[dict, pd.DataFrame]:
+    """Metrics of every row over seeds, and all sequences with their scores.
+
+    Returns (metrics {row: {metric: {"mean", "std"}}} in the scorer's metric order, DataFrame with columns row,
+    seed, sequence and the scorer's per-sequence scores).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if not rows:
+        raise ValueError("rows must name at least one row")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    scorer = scorer or task.scorer()
+    calls_per_sample = -(-num_samples // batch_size)  # sampler batches per row and seed
+    outer = tqdm(total=len(rows) * len(seeds), desc="evaluate", unit="set", disable=not progress)
+    per_row: dict[str, list[dict]] = {}
+    frames = []
+    for name, spec in rows.items():
+        per_row[name] = []
+        for seed in seeds:
+            outer.set_postfix_str(f"{name} seed {seed}")
+            inner = tqdm(
+                total=steps * calls_per_sample,
+                desc=f"sampling {name} seed {seed}",
+                unit="step",
+                leave=False,
+                position=1,
+                disable=not progress or not isinstance(spec, nn.Module),
+            )
+
+            def tick(done: int, total: int, inner=inner) -> None:
+                inner.update(done - inner.n)
+
+            seqs = _row_sequences(task, spec, seed, num_samples, steps, batch_size, tick)
+            inner.close()
+            scores = scorer.scores(seqs, seed=seed)
+            per_row[name].append(scorer.summarize(scores, seqs))
+            frames.append(pd.DataFrame({"row": name, "seed": seed, "sequence": seqs, **scores}))
+            outer.update(1)
+    outer.close()
+    metrics = {
+        name: {key: mean_std([m[key] for m in runs]) for key in scorer.metric_labels}
+        for name, runs in per_row.items()
+    }
+    return metrics, pd.concat(frames, ignore_index=True)
+
+
+def format_table(
+    metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
+    labels: Mapping[str, str],
+    digits: Mapping[str, int] | None = None,
+) -> str:
+    """Markdown table, one line per row, "mean (std)" per metric (paper Table 2 layout); ``digits`` per metric
+    (default 3)."""
+    keys = list(labels)
+    lines = ["| row | " + " | ".join(labels[k] for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for name, row in metrics.items():
+        cells = []
+        for key in keys:
+            d = (digits or {}).get(key, 3)
+            cells.append(f"{row[key]['mean']:.{d}f} ({row[key]['std']:.{d}f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def violin_plot(samples: pd.DataFrame, path: str | Path, column: str, label: str | None = None) -> Path:
+    """Violin plot of a per-sequence score by row (paper Fig. 2), all seeds pooled; PNG via matplotlib Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(samples["row"]))
+    data = [samples.loc[samples["row"] == n, column].to_numpy() for n in names]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4.5))
+    ax.violinplot(data, showmedians=True, showextrema=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right")
+    ax.set_ylabel(label or column)
+    ax.axhline(0.0, color="0.7", lw=0.8, ls="--")
+    ax.set_title(f"{label or column} per sequence")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(
+    output: str | Path, metrics: dict, samples: pd.DataFrame, scorer: Scorer, run_info: dict | None = None
+) -> Path:
+    """metrics.json, table.md, <plot_score>.png, samples.parquet (and run.json) in ``output``."""
+    from sepo_ray.runtime import write_json
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", metrics)
+    (out / "table.md").write_text(format_table(metrics, scorer.metric_labels, scorer.metric_digits))
+    if scorer.plot_score is not None and scorer.plot_score in samples:
+        violin_plot(samples, out / f"{scorer.plot_score}.png", scorer.plot_score, scorer.plot_label)
+    samples.to_parquet(out / "samples.parquet", index=False)
+    if run_info is not None:
+        write_json(out / "run.json", run_info)
+    return out

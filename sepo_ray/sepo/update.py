@@ -1,0 +1,250 @@
+"""The SEPO update and the rollout's old-policy quantities, each assembled once (pure torch).
+
+The RLlib RLModule (rollout) and Learner (update) call these, and so do the benchmarks: one code path.
+
+Rollout (once per batch, with the weights that sampled x; the quantities travel with the episode):
+
+    x ~ pi_theta_old                                       T-step sampler (+ S states recorded for the KL)
+    positions (N, K), weight L/K                           `sample_positions`
+    tokens (N, K, J), weight (m-1)/J                       `propose_tokens` (J = m-1: every neighbour)
+    old_log_scores = log s_theta_old(x)_y       (N, K, m)  `log_scores`
+    old_log_pi_hat = log pi_hat_theta_old(y)    (N, K, m)  `log_pi_hat` (SNIS, M samples at `snis_sites`)
+
+Update (per epoch):
+
+    log_score = log s_theta(x)_y (grad),  log_pi_hat = log pi_hat_theta(y) (same SNIS sites: common random
+    numbers, so r = 1 exactly at theta = theta_old)
+    r = (pi_hat_theta(y) / pi_hat_old(y)) (s_old(x)_y / s_theta(x)_y)                      Thm 3.2
+    w = pi_hat_theta(y) min(clip(r, 1-eps, 1+eps) A, r A)                                App. B
+    loss = mean_x (L/K)((m-1)/J) sum_{y proposed} w log s_theta(x)_y  +  alpha KL(pi_theta || pi_pre)   Rem. 3.1, D.2
+
+The trajectory-likelihood baseline (objective "trajectory", DDPO / d1) replaces the SEPO term with the
+PPO-clipped ratio of the sampler's own per-step probabilities on the recorded path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import diffusion
+from .kl import kl_to_reference
+from .loss import ppo_coefficients, ratio, sepo_loss, trajectory_pg_loss
+from .neighbours import neighbour_mask, proposal_mask, propose_tokens, sample_positions
+from .scores import log_scores
+from .snis import draw_snis_sites, log_pi_hat
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """What the rollout and the update need; field names and meanings are those of the settings schema
+    (``sepo_ray.settings``), which holds the defaults. ``num_tokens`` is the task's m."""
+
+    num_tokens: int
+    objective: str
+    clip_eps: float
+    kl_alpha: float
+    zero_clipped: bool
+    snis_samples: int
+    denoise_steps: int
+    corrector_steps: int
+    kl_steps: int
+    neighbour_positions: int | None
+    neighbour_tokens: int | None
+    score_estimator: str
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], num_tokens: int) -> UpdateSpec:
+        """Pick the fields by name from a settings mapping (a config's SEPO fields)."""
+        names = [f.name for f in fields(cls) if f.name != "num_tokens"]
+        return cls(num_tokens=int(num_tokens), **{name: settings[name] for name in names})
+
+
+def _log_pi_hat(model, x, positions, spec: UpdateSpec, generator, batch_size, sites, others) -> Tensor:
+    """log pi_hat(y) for the (proposed) neighbours: SNIS at ``sites`` with M = snis_samples, or the single-
+    sample estimate when M = 0 (Sec. 3.1). (N, L), (N, K) -> (N, K, m), no grad."""
+    snis = int(spec.snis_samples)
+    return log_pi_hat(
+        model,
+        x,
+        positions,
+        snis,
+        spec.score_estimator,
+        generator=generator,
+        batch_size=batch_size,
+        sites=sites if snis else None,
+        others=others,
+    )
+
+
+@torch.no_grad()
+def old_policy(
+    model,
+    x: Tensor,
+    spec: UpdateSpec,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Tensor]:
+    """SEPO's old-policy quantities for the sampled x (N, L), computed once per batch (module docstring).
+
+    Returns positions (N, K), neighbour_tokens (N, K, J) (only with spec.neighbour_tokens), old_log_scores and
+    old_log_pi_hat (N, K, m) float32, snis_sites (N, K, J, M) long.
+    """
+    n, length = x.shape
+    m, snis = spec.num_tokens, int(spec.snis_samples)
+    positions, _ = sample_positions(
+        n, length, spec.neighbour_positions, generator=generator, device=x.device
+    )  # (N, K)
+    out = {"positions": positions}
+    others = None
+    if spec.neighbour_tokens is not None:
+        others, _ = propose_tokens(x, positions, m, spec.neighbour_tokens, generator=generator)  # (N, K, J)
+        out["neighbour_tokens"] = others
+    old_log_scores = log_scores(model, x, positions, spec.score_estimator, batch_size=batch_size)  # (N, K, m)
+    sites = draw_snis_sites(positions, m, snis, length, generator=generator, others=others)  # (N, K, J, M)
+    old_log_pi_hat = _log_pi_hat(model, x, positions, spec, generator, batch_size, sites, others)  # (N, K, m)
+    out.update(old_log_scores=old_log_scores.float(), old_log_pi_hat=old_log_pi_hat.float(), snis_sites=sites)
+    return out
+
+
+@torch.no_grad()
+def rollout(
+    model,
+    num: int,
+    length: int,
+    spec: UpdateSpec,
+    generator: torch.Generator | None = None,
+    schedule: diffusion.LogLinearSchedule | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Tensor]:
+    """Sample ``num`` sequences with the T-step sampler and attach everything the update needs.
+
+    Returns x (N, L) long, kl_states (N, S, L), kl_steps (N, S), sample_log_prob (N,), the
+    :func:`old_policy` quantities, and with objective "trajectory" path_states (N, P+1, L) and
+    old_step_log_prob (N, P). Random numbers are drawn in this order: KL steps, sampler, old policy.
+    """
+    schedule = schedule or diffusion.LogLinearSchedule()
+    steps = int(spec.denoise_steps)
+    device = generator.device if generator is not None else None
+    kl_steps = (
+        torch.randperm(steps, generator=generator, device=device)[: int(spec.kl_steps)] + 1
+    )  # (S,) in 1..T
+    trajectory = spec.objective == "trajectory"
+    out = diffusion.sample(
+        model,
+        num,
+        length,
+        steps,
+        schedule,
+        corrector_steps=int(spec.corrector_steps),
+        generator=generator,
+        record_states_at=kl_steps,
+        record_path=trajectory,
+    )
+    x = out.x  # (N, L)
+    batch = old_policy(model, x, spec, generator, batch_size)
+    if trajectory:  # the baseline keeps the whole path and its per-step log-probabilities
+        batch["path_states"] = out.path.states  # (N, P + 1, L)
+        batch["old_step_log_prob"] = diffusion.score_path(model, out.path, schedule, reduce=False).float()
+    return {
+        "x": x,
+        **batch,
+        "kl_states": out.states,  # (N, S, L)
+        "kl_steps": kl_steps.expand(num, -1).clone(),  # (N, S)
+        "sample_log_prob": out.log_prob.float(),  # (N,)
+    }
+
+
+def sepo_objective(
+    model,
+    batch: Mapping[str, Tensor],
+    spec: UpdateSpec,
+    generator: torch.Generator | None = None,
+    batch_size=None,
+) -> tuple[Tensor, dict]:
+    """SEPO, Remark 3.1 / App. B, with the clipped ratio r_{x,y} and weights pi_hat_theta(y) -> (loss, stats).
+
+    batch: x (N, L), positions (N, K), old_log_scores / old_log_pi_hat (N, K, m), snis_sites, advantages (N,)
+    and, with proposals, neighbour_tokens (N, K, J).
+    """
+    x, positions = batch["x"].long(), batch["positions"].long()  # (N, L), (N, K)
+    others = batch["neighbour_tokens"].long() if spec.neighbour_tokens is not None else None  # (N, K, J)
+    log_score = log_scores(
+        model, x, positions, spec.score_estimator, batch_size=batch_size
+    )  # (N, K, m), grad
+    with torch.no_grad():
+        sites = batch["snis_sites"].long()  # the rollout's sites: common random numbers
+        log_pi = _log_pi_hat(model, x, positions, spec, generator, batch_size, sites, others)  # (N, K, m)
+        r = ratio(log_score.detach(), batch["old_log_scores"], log_pi, batch["old_log_pi_hat"])  # (N, K, m)
+        # GRPO (App. B.2) = PPO's coefficient with group-standardised advantages, averaged over the group; the
+        # mean over all B * G sequences in `sepo_loss` is that average, whatever the order of the batch.
+        coefficients = ppo_coefficients(
+            r, batch["advantages"], log_pi.exp(), float(spec.clip_eps), zero_clipped=bool(spec.zero_clipped)
+        )  # (N, K, m)
+        if others is None:
+            mask, token_weight = neighbour_mask(x, positions, spec.num_tokens), 1.0  # (N, K, m)
+        else:
+            mask, token_weight = (
+                proposal_mask(others, spec.num_tokens),
+                (spec.num_tokens - 1) / others.shape[-1],
+            )
+    length, k = x.shape[1], positions.shape[1]
+    return sepo_loss(
+        log_score,
+        coefficients,
+        mask,
+        position_weight=length / k * token_weight,
+        ratio=r,
+        clip_eps=float(spec.clip_eps),
+    )
+
+
+def trajectory_objective(
+    model, batch: Mapping[str, Tensor], spec: UpdateSpec, schedule: diffusion.LogLinearSchedule | None = None
+) -> tuple[Tensor, dict]:
+    """Baseline: PPO-clipped REINFORCE on the sampler's own per-step log-probabilities (DDPO / d1)."""
+    ops = diffusion.path_ops(int(spec.denoise_steps), int(spec.corrector_steps))
+    path = diffusion.Path(batch["path_states"].long(), ops)  # (N, P + 1, L)
+    step_log_prob = diffusion.score_path(model, path, schedule, reduce=False)  # (N, P)
+    return trajectory_pg_loss(
+        step_log_prob, batch["old_step_log_prob"], batch["advantages"], float(spec.clip_eps)
+    )
+
+
+def update_loss(
+    model,
+    reference,
+    batch: Mapping[str, Tensor],
+    spec: UpdateSpec,
+    generator: torch.Generator | None = None,
+    schedule: diffusion.LogLinearSchedule | None = None,
+    batch_size: int | None = None,
+) -> tuple[Tensor, dict]:
+    """One epoch's loss: the objective + alpha * KL(pi_theta || pi_pretrained) along the path (App. D.2).
+
+    reference: the frozen pretrained denoiser (never reset to the current model); unused when alpha = 0.
+    Returns (total loss, stats) with stats["objective_loss"], stats["kl"] and stats["total_loss"] as tensors.
+    """
+    schedule = schedule or diffusion.LogLinearSchedule()
+    if spec.objective == "trajectory":
+        loss, stats = trajectory_objective(model, batch, spec, schedule)
+    else:
+        loss, stats = sepo_objective(model, batch, spec, generator, batch_size)
+    total = loss
+    kl = torch.zeros((), device=loss.device)
+    if float(spec.kl_alpha) > 0:
+        kl = kl_to_reference(
+            model,
+            reference,
+            batch["kl_states"].long(),  # (N, S, L)
+            batch["kl_steps"].long(),  # (N, S)
+            num_steps=int(spec.denoise_steps),
+            schedule=schedule,
+        ).mean()
+        total = total + float(spec.kl_alpha) * kl
+    stats = {**stats, "objective_loss": loss.detach(), "kl": kl.detach(), "total_loss": total.detach()}
+    return total, stats

@@ -1,0 +1,347 @@
+"""The one settings schema: every SEPO field (and the RLlib fields SEPO checks) declared once.
+
+Each :class:`Setting` carries its default, type, unit and one-line help, and its allowed values (a range with
+open or closed ends, a list of choices, whether None is allowed). Everything else derives from here:
+``SEPOConfig`` takes its fields and defaults from :data:`SEPO_SETTINGS` and checks every value with
+:func:`check` in ``validate()``; ``python -m sepo_ray.run --set KEY=VALUE`` parses with :func:`parse_value`;
+sweep files check ``base_config`` and ``search_space`` with the same rules; the benchmarks read the same
+defaults. So ``run``, ``sweep``, Tune and Python users get the same answer for the same value.
+
+Cross-field rules (T >= kl_steps, G >= 2 under GRPO, B divisible by the rollout workers, ...) need the whole
+config and live in ``SEPOConfig.validate()``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config field: default, kind ("int" | "float" | "bool" | "str"), unit, help, allowed values."""
+
+    name: str
+    default: Any
+    kind: str
+    help: str
+    unit: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``name (kind, unit, range): help [default]`` on one line (``--help`` and docs)."""
+        allowed = self.allowed()
+        unit = f", {self.unit}" if self.unit else ""
+        return f"{self.name} ({self.kind}{unit}{', ' + allowed if allowed else ''}): {self.help} [{self.default!r}]"
+
+    def allowed(self) -> str:
+        """The allowed values in words: ``in (0, 1)``, ``>= 1``, ``one of a, b``, ``or None``."""
+        if self.choices:
+            text = "one of " + ", ".join(self.choices)
+        elif self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+        elif self.high is not None:
+            text = f"{'<' if self.high_open else '<='} {self.high:g}"
+        else:
+            text = ""
+        if self.nullable:
+            text = f"{text} or None" if text else "None allowed"
+        return text
+
+    def why_invalid(self, value: Any) -> str | None:
+        """None when ``value`` is allowed, else the reason in a few words."""
+        if value is None:
+            return None if self.nullable else "may not be None"
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else f"takes true or false, got {value!r}"
+        if self.kind == "str":
+            if not isinstance(value, str) or not value:
+                return f"takes a non-empty string, got {value!r}"
+            if self.choices and value not in self.choices:
+                return f"must be one of {', '.join(self.choices)}; got {value!r}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"takes {'integers' if self.kind == 'int' else 'numbers'}, got {value!r}"
+        if self.kind == "int" and not isinstance(value, int):
+            return f"takes integers, got {value!r}"
+        if not math.isfinite(value):
+            return f"takes finite numbers, got {value!r}"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}, got {value!r}"
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return f"must be {'<' if self.high_open else '<='} {self.high:g}, got {value!r}"
+        return None
+
+
+def _s(name, default, kind, help, unit="", **rules) -> Setting:
+    return Setting(name, default, kind, help, unit, **rules)
+
+
+#: SEPO's own fields (``SEPOConfig.sepo(...)``), in the order ``--help`` lists them.
+SEPO_SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        _s("task", "dna", "str", "the task: a registered name or 'module:TaskClass' (sepo_ray.tasks)"),
+        _s(
+            "generator",
+            None,
+            "str",
+            "generator weights (file or folder); None = the task's pretrained one",
+            nullable=True,
+        ),
+        _s(
+            "reward",
+            None,
+            "str",
+            "reward spec: a task's oracle name or 'module:function'; None = the task's default",
+            nullable=True,
+        ),
+        _s(
+            "objective",
+            "sepo",
+            "str",
+            "'sepo' (score-entropy loss) or 'trajectory' (DDPO/d1-style baseline on path log-probs)",
+            choices=("sepo", "trajectory"),
+        ),
+        _s(
+            "clip_eps",
+            0.2,
+            "float",
+            "PPO clip range epsilon of the ratio r_{x,y} (App. B)",
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            high_open=True,
+        ),
+        _s(
+            "kl_alpha",
+            1.0,
+            "float",
+            "weight alpha of KL(pi_theta || pi_pretrained) (App. D.2); 0 disables it",
+            low=0.0,
+        ),
+        _s(
+            "zero_clipped",
+            True,
+            "bool",
+            "PPO's gradient: zero where the clipped branch is taken; False = App. B.1 literal",
+        ),
+        _s(
+            "snis_samples",
+            1,
+            "int",
+            "SNIS samples M per neighbour y for pi_hat(y) (Sec. 3.1); 0 = single-sample pi",
+            "per neighbour",
+            low=0,
+        ),
+        _s("denoise_steps", 32, "int", "reverse CTMC steps T of the sampler", "steps", low=1),
+        _s(
+            "corrector_steps",
+            0,
+            "int",
+            "gradient-flow corrector steps after each predictor step (Sec. 3.3)",
+            "per step",
+            low=0,
+        ),
+        _s("group_size", 8, "int", "GRPO group size G: samples per prompt", "sequences", low=1),
+        _s(
+            "prompts_per_batch",
+            4,
+            "int",
+            "prompts B per iteration; one iteration samples B * G sequences",
+            "prompts",
+            low=1,
+        ),
+        _s(
+            "neighbour_positions",
+            2,
+            "int",
+            "positions K subsampled per sequence for the Hamming-1 sum; None = all L",
+            "per sequence",
+            low=1,
+            nullable=True,
+        ),
+        _s(
+            "neighbour_tokens",
+            None,
+            "int",
+            "tokens J proposed per position (uniform subset of the m-1 others, weight (m-1)/J); None = all m-1",
+            "per position",
+            low=1,
+            nullable=True,
+        ),
+        _s(
+            "score_estimator",
+            "conditional",
+            "str",
+            "log-score estimator: 'clean' (published code) or 'conditional'",
+            choices=("clean", "conditional"),
+        ),
+        _s(
+            "advantage",
+            "grpo",
+            "str",
+            "'grpo' (group-standardised reward) or 'ppo' (reward minus a learned baseline)",
+            choices=("grpo", "ppo"),
+        ),
+        _s(
+            "kl_steps",
+            2,
+            "int",
+            "sampler steps per trajectory on which the path KL is evaluated (unbiased subsample)",
+            "steps",
+            low=1,
+        ),
+        _s(
+            "oracle_actors",
+            1,
+            "int",
+            "reward-oracle Ray actors; 0 = score in the rollout worker's process",
+            "actors",
+            low=0,
+        ),
+        _s(
+            "oracle_num_gpus",
+            0.0,
+            "float",
+            "GPUs per reward-oracle actor (fractions allowed)",
+            "GPUs per actor",
+            low=0.0,
+        ),
+        _s(
+            "oracle_max_restarts",
+            3,
+            "int",
+            "restarts of a dead reward-oracle actor before the run fails",
+            low=0,
+        ),
+        _s(
+            "heldout_eval_interval",
+            0,
+            "int",
+            "iterations between held-out evaluations (the task's held-out score); 0 = never",
+            "iterations",
+            low=0,
+        ),
+        _s("heldout_samples", 64, "int", "sequences sampled per held-out evaluation", "sequences", low=1),
+        _s(
+            "checkpoint_frequency",
+            1,
+            "int",
+            "iterations between checkpoints written by `python -m sepo_ray.run`",
+            "iterations",
+            low=1,
+        ),
+    )
+}
+
+#: Standard RLlib fields whose values SEPO checks (their defaults are SEPO's, set in ``SEPOConfig``).
+RLLIB_SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        _s("lr", 3e-4, "float", "Adam learning rate", low=0.0, low_open=True),
+        _s("num_epochs", 2, "int", "epochs K over the whole batch per iteration (App. E.2)", "epochs", low=1),
+        _s("grad_clip", 1.0, "float", "global gradient-norm clip", low=0.0, low_open=True, nullable=True),
+        _s(
+            "num_env_runners",
+            0,
+            "int",
+            "rollout workers; 0 = sample in the Algorithm process",
+            "workers",
+            low=0,
+        ),
+        _s("num_learners", 0, "int", "learner actors; 0 = learn in the Algorithm process", "learners", low=0),
+        _s("num_gpus_per_learner", 0.0, "float", "GPUs per learner", low=0.0),
+        _s("num_gpus_per_env_runner", 0.0, "float", "GPUs per rollout worker", low=0.0),
+        _s("seed", None, "int", "seed of the sampler, the learner and Tune's trial", nullable=True),
+    )
+}
+
+SETTINGS: dict[str, Setting] = {**SEPO_SETTINGS, **RLLIB_SETTINGS}
+
+
+def check(name: str, value: Any, where: str | None = None) -> None:
+    """Raise ValueError ``"<where>: <name> <why>"`` if ``value`` is not allowed; unknown names pass."""
+    setting = SETTINGS.get(name)
+    why = setting.why_invalid(value) if setting is not None else None
+    if why is not None:
+        raise ValueError(f"{where or name}: {name} {why}" if where else f"{name} {why}")
+
+
+def check_all(values: Mapping[str, Any], where: str = "") -> None:
+    """:func:`check` every known entry of ``values``."""
+    for name, value in values.items():
+        check(name, value, f"{where}{name}" if where else None)
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting's default, by name."""
+    return {name: s.default for name, s in SETTINGS.items()}
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and refuses duplicate keys."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _construct_mapping(loader: YamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def yaml_load(text: str) -> Any:
+    """YAML with floats as a user writes them (``1e-3``, ``nan``, ``inf``) and no duplicate keys."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as a YAML scalar: ``3e-4`` -> 0.0003, ``null`` -> None, ``true`` -> True, ``a`` -> "a"."""
+    return yaml_load(text) if text.strip() else ""
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=3e-5", "kl_alpha=0.1"]`` -> ``{"lr": 3e-05, "kl_alpha": 0.1}``; ValueError names a bad item."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        if not value.strip():
+            raise ValueError(f"--set {item!r}: {key} needs a value (KEY=VALUE)")
+        out[key] = parse_value(value)
+    return out

@@ -1,0 +1,64 @@
+"""Ray Tune sweeps over SEPO hyperparameters, described in YAML.
+
+    python -m sepo_ray.sweep tune_configs/cpu_small.yaml [--output DIR] [--resume] [--address A] [--dry-run]
+
+runs a Tune ``Tuner`` over the ``SEPO`` algorithm (an RLlib ``Algorithm`` is a Tune ``Trainable``), shows
+Tune's progress table, writes ``DIR/sweep.json`` (one row per trial: its sampled config, metrics, status)
+and prints the best config by the task's held-out score (``sepo/heldout_score``), among the trials that pass
+the realism guards (``select_min``, e.g. ``sepo/heldout_realism``). A sweep stopped part-way (Ctrl-C, a lost
+node, an errored trial) continues with ``--resume`` (``Tuner.restore``).
+
+| module | concern |
+|---|---|
+| ``spec`` | the sweep file's keys (its docstring shows every one), ``SweepSpec``, parsing and validation |
+| ``space`` | Tune objects: search domains, the param space, the ASHA scheduler, the progress table |
+| ``report`` | trial rows, ``select_best``, the content of ``sweep.json`` and its text (pure) |
+| ``runner`` | ``run_sweep``: Ray start-up, Tune's ``Tuner`` (or its restore), writing ``sweep.json`` |
+| ``cli`` | ``main``: ``python -m sepo_ray.sweep`` |
+"""
+
+from .cli import main
+from .report import asha_rungs, format_report, select_best, summarize_trial, sweep_report
+from .runner import check_against_config, default_trainable, run_sweep
+from .space import build_param_space, make_scheduler, progress_reporter, trial_resources, tune_domain
+from .spec import (
+    DEFAULT_METRIC,
+    DEFAULT_SELECT_METRIC,
+    FILE_SETTINGS,
+    Param,
+    SchedulerSpec,
+    SweepError,
+    SweepSpec,
+    load_sweep_spec,
+    parse_sweep_spec,
+    read_sweep_yaml,
+    sepo_config_fields,
+)
+
+__all__ = [
+    "DEFAULT_METRIC",
+    "DEFAULT_SELECT_METRIC",
+    "FILE_SETTINGS",
+    "Param",
+    "SchedulerSpec",
+    "SweepError",
+    "SweepSpec",
+    "asha_rungs",
+    "build_param_space",
+    "check_against_config",
+    "default_trainable",
+    "format_report",
+    "load_sweep_spec",
+    "main",
+    "make_scheduler",
+    "parse_sweep_spec",
+    "progress_reporter",
+    "read_sweep_yaml",
+    "run_sweep",
+    "select_best",
+    "sepo_config_fields",
+    "summarize_trial",
+    "sweep_report",
+    "trial_resources",
+    "tune_domain",
+]

@@ -1,0 +1,171 @@
+"""The Task interface: everything domain-specific that the engine asks of a task.
+
+The engine (diffusion, sepo, rllib, envs, run, evaluate, compare, sweep, bench) names no task and no task
+metric: it asks the task for its vocabulary and decoding, its denoiser, its default reward, how to sample, and
+its held-out evaluation. A task subclasses :class:`Task`, sets the class attributes and overrides what differs
+from the defaults:
+
+- vocabulary: ``length`` L, ``num_tokens`` m (MASK = m), ``alphabet`` (m characters; the default ``decode``
+  and ``encode`` use it; a task with a tokenizer overrides both);
+- ``build_denoiser(generator)``: the pretrained denoiser ``model(z (B, L)) -> logits (B, L, m)`` (or the
+  weights in ``generator``: a file or folder);
+- ``default_reward``: a reward spec (``"module:function"`` or one of ``oracles``, the names the task adds to
+  the reward registry);
+- ``heldout(sequences)``: the cheap held-out check reported during training, ``{"heldout_score": ...,
+  "heldout_realism": ...}`` (the score of an oracle never used in training, and how much the samples still
+  look like real data); ``{}`` for a task without one;
+- ``scorer()``: the evaluation table (per-sequence scores, set-level metrics with their labels, the plotted
+  score); the default scores the default reward;
+- ``reference_rows()``: rows of real data for the evaluation table;
+- ``pretrain(argv)``: the task's pretraining command (``python -m sepo_ray.pretrain NAME``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class Scorer:
+    """The evaluation table of a task: per-sequence scores and set-level metrics.
+
+    ``metric_labels``: set-level metric key -> table label, in table order (``metric_digits``: decimals shown
+    per metric, default 3). ``plot_score``: the per-sequence
+    score a violin plot shows (None: no plot), ``plot_label`` its axis label. The default scores a reward spec.
+    """
+
+    metric_labels: Mapping[str, str] = {
+        "reward_mean": "reward (mean) ↑",
+        "reward_median": "reward (median) ↑",
+    }
+    plot_score: str | None = "reward"
+    plot_label: str = "reward"
+
+    def __init__(self, reward: str):
+        from sepo_ray.oracles.pool import resolve_reward
+
+        self.spec = reward
+        self.reward = resolve_reward(reward)
+
+    def scores(self, sequences: Sequence[str], seed: int = 0) -> dict[str, np.ndarray]:
+        """Per-sequence scores, each float64 (N,)."""
+        return {"reward": self.reward(list(sequences))}
+
+    def summarize(self, scores: Mapping[str, np.ndarray], sequences: Sequence[str]) -> dict[str, float]:
+        """Set-level metrics (keys ``metric_labels``) from per-sequence scores."""
+        r = np.asarray(scores["reward"], dtype=np.float64)
+        return {"reward_mean": float(r.mean()), "reward_median": float(np.median(r))}
+
+    def metrics(self, sequences: Sequence[str], seed: int = 0) -> dict[str, float]:
+        return self.summarize(self.scores(sequences, seed), sequences)
+
+
+class Task:
+    """Base class of a fine-tuning task (see the module docstring for what to override)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    length: int = 0
+    num_tokens: int = 0
+    alphabet: str = ""
+    default_reward: str = ""
+    #: reward names this task adds to the registry: name -> "module:Class" (instantiated once, then called)
+    oracles: ClassVar[Mapping[str, str]] = {}
+
+    # ------------------------------------------------------------------------------------- vocabulary
+    def decode(self, x: Tensor | np.ndarray) -> list[str]:
+        """Token ids (N, L) in 0..m-1 -> N strings over the alphabet."""
+        lut = np.frombuffer(self.alphabet.encode(), dtype=np.uint8)
+        return [row.tobytes().decode() for row in lut[np.asarray(x.cpu() if torch.is_tensor(x) else x)]]
+
+    def encode(self, sequences: Sequence[str]) -> Tensor:
+        """N strings over the alphabet -> LongTensor (N, L); ValueError names the first bad sequence."""
+        index = {c: i for i, c in enumerate(self.alphabet)}
+        rows = []
+        for i, s in enumerate(sequences):
+            if len(s) != self.length:
+                raise ValueError(f"sequences[{i}]: length {len(s)}, expected {self.length}")
+            bad = next((c for c in s if c not in index), None)
+            if bad is not None:
+                raise ValueError(f"sequences[{i}]: invalid character {bad!r} (alphabet {self.alphabet!r})")
+            rows.append([index[c] for c in s])
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.length)
+
+    # --------------------------------------------------------------------------------------- denoiser
+    def build_denoiser(
+        self, generator: str | Path | None = None, device: str | torch.device = "cpu"
+    ) -> nn.Module:
+        """The pretrained denoiser (``generator`` None) or the weights in ``generator``, in eval mode."""
+        if generator is None:
+            raise NotImplementedError(f"task {self.name!r} has no pretrained denoiser: pass generator=PATH")
+        from sepo_ray.models import load_model, model_file
+
+        return load_model(model_file(generator), device)
+
+    def generator_file(self, generator: str | Path | None = None) -> Path | None:
+        """The file holding the weights ``build_denoiser(generator)`` loads (None: built in code)."""
+        if generator is None:
+            return None
+        from sepo_ray.models import model_file
+
+        return model_file(generator)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: nn.Module,
+        num_samples: int,
+        steps: int,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        corrector_steps: int = 0,
+        batch_size: int | None = None,
+        progress: bool | Callable[[int, int], None] = False,
+    ) -> list[str]:
+        """``num_samples`` sequences from the T-step sampler (seeded by ``seed`` or drawn from ``generator``)."""
+        from sepo_ray import diffusion
+
+        if generator is None:
+            device = next(model.parameters()).device
+            generator = torch.Generator(device=device).manual_seed(int(seed or 0))
+        out = diffusion.sample(
+            model,
+            num_samples,
+            self.length,
+            steps,
+            corrector_steps=corrector_steps,
+            generator=generator,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        return self.decode(out.x)
+
+    # ------------------------------------------------------------------------------------- evaluation
+    def heldout(self, sequences: Sequence[str]) -> dict[str, float]:
+        """Held-out figures of a set of samples: ``heldout_score`` (and ``heldout_realism``); {} if none."""
+        return {}
+
+    def scorer(self, device: str | torch.device = "cpu", elbo_steps: int | None = None) -> Scorer:
+        """The evaluation table's scorer (default: the default reward's mean and median)."""
+        return Scorer(self.default_reward)
+
+    def reference_rows(self) -> dict[str, Callable[[int, int], list[str]]]:
+        """Rows of real data for the evaluation table: name -> ``(seed, num_samples) -> sequences``."""
+        return {}
+
+    def evaluation_fingerprint(self) -> str:
+        """A hash of everything the scorer's numbers depend on besides the sequences (artifact files)."""
+        return ""
+
+    # ------------------------------------------------------------------------------------ pretraining
+    def pretrain(self, argv: Sequence[str]) -> int:
+        """``python -m sepo_ray.pretrain NAME [args]``: (re)build this task's artifacts."""
+        raise NotImplementedError(f"task {self.name!r} has no pretraining command")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, L={self.length}, m={self.num_tokens})"
