@@ -70,7 +70,7 @@ def test_sampler_overhead_is_a_sane_ratio(quick):
         assert row["sampler_forward_rows"] == s["steps"] * s["batch"]
 
 
-@pytest.mark.parametrize("scale", ["dna", "toy"])
+@pytest.mark.parametrize("scale", ["full", "toy"])
 def test_forward_counts_equal_the_formula_exactly(quick, scale):
     entry = quick[0]["learner_forwards_per_update"]
     s = bench.UpdateSettings(**entry[f"settings_{scale}"])

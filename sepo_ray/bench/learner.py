@@ -315,7 +315,7 @@ def _counts_block(result: dict, s: UpdateSettings) -> dict:
 def learner_forwards_per_update(args: argparse.Namespace) -> dict:
     """Denoiser forwards per SEPO update, ours vs. the published scheme (counted), their time ratio, fidelity.
 
-    Scales: "dna" = the schema's defaults at the default task's L and m, counted on a stand-in network;
+    Scales: "full" = the schema's defaults at the default task's L and m, counted on a stand-in network;
     "toy" = the same at L = 16, counted and timed on a ConvDenoiser (hidden 16, 1 stack) on the CPU.
     """
     quick = is_quick(args)
@@ -339,7 +339,7 @@ def learner_forwards_per_update(args: argparse.Namespace) -> dict:
     full_result = learner_comparison(ShapeOnlyDenoiser(full.num_tokens), full, repeats=1, timed=False)
     toy_result = learner_comparison(conv_denoiser(16, 1, full.num_tokens), toy, repeats=repeats)
     out = {
-        "counts_dna": _counts_block(full_result, full),
+        "counts_full": _counts_block(full_result, full),
         "counts_toy": _counts_block(toy_result, toy),
         "learner_time_ratio": {
             "published_over_ours": toy_result["learner_time_ratio"],
@@ -347,13 +347,13 @@ def learner_forwards_per_update(args: argparse.Namespace) -> dict:
             "scale": f"toy: L = {toy.length}, ConvDenoiser hidden 16, 1 stack, CPU",
             "seconds": toy_result["seconds"],
         },
-        "settings_dna": asdict(full),
+        "settings_full": asdict(full),
         "settings_toy": asdict(toy),
     }
     if torch.cuda.is_available() and not quick:
         gpu = replace(full, chunk=4096)
         res = learner_comparison(conv_denoiser(64, 2, full.num_tokens), gpu, repeats=2, device="cuda")
-        out["learner_time_ratio_dna_gpu"] = {
+        out["learner_time_ratio_full_gpu"] = {
             "published_over_ours": res["learner_time_ratio"],
             "published_over_ours_incl_old_policy": res["learner_time_ratio_incl_old_policy"],
             "scale": f"L = {gpu.length}, ConvDenoiser hidden 64, 2 stacks (the shipped generator's size), fp32",

@@ -69,7 +69,7 @@ def sampler_overhead_row(
 def sampler_overhead(args: argparse.Namespace) -> dict:
     """Sampler bookkeeping overhead over the bare denoiser forwards, for CNNs of three sizes.
 
-    Rows: "dna_shipped_size" (ConvDenoiser hidden 64, 2 stacks, the default task's L), "drakes_size" (the
+    Rows: "shipped_generator_size" (ConvDenoiser hidden 64, 2 stacks, the default task's L), "drakes_size" (the
     DRAKES-size generator, hidden 128, 4 stacks), "toy" (hidden 16, 1 stack, L = 16); m is the default task's.
     """
     quick = is_quick(args)
@@ -77,10 +77,10 @@ def sampler_overhead(args: argparse.Namespace) -> dict:
     rows = {}
     load = load_avg()
     if quick:
-        rows["dna_shipped_size"] = sampler_overhead_row(conv_denoiser(16, 1), 4, 32, 4, repeats=2, forwards=2)
+        rows["shipped_generator_size"] = sampler_overhead_row(conv_denoiser(16, 1), 4, 32, 4, repeats=2, forwards=2)
         rows["toy"] = sampler_overhead_row(conv_denoiser(16, 1), 8, 16, 4, repeats=2, forwards=2)
     else:
-        rows["dna_shipped_size"] = sampler_overhead_row(
+        rows["shipped_generator_size"] = sampler_overhead_row(
             conv_denoiser(64, 2), 16, length, 16, repeats=3, forwards=5
         )
         rows["drakes_size"] = sampler_overhead_row(conv_denoiser(128, 4), 4, length, 8, repeats=3, forwards=5)
