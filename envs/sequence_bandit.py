@@ -29,9 +29,10 @@ class SequenceBanditEnv(VectorEnv):
     """Vectorised bandit: action = a token sequence (L,), reward = one float from the reward.
 
     ``config`` keys: ``num_envs`` (set by RLlib), ``task`` (a task name or ``module:TaskClass``: its length L,
-    vocabulary m and ``decode``, which turns tokens into what the reward sees), and either ``reward_pool`` (the
+    vocabulary m and ``decode``, which turns tokens into what the reward sees), either ``reward_pool`` (the
     address dict of a :class:`sepo_ray.oracles.pool.RewardPool`) or ``reward`` (a reward spec scored
-    in-process).
+    in-process), and ``reward_timeout_s`` (seconds one batched reward call may take, in either path; None:
+    the pool's own, no limit in-process).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -48,6 +49,8 @@ class SequenceBanditEnv(VectorEnv):
         self._reward_spec = config.get("reward")
         if self._pool_address is None and not self._reward_spec:
             raise ValueError("SequenceBanditEnv needs `reward_pool` or `reward` in its config")
+        timeout = config.get("reward_timeout_s")
+        self._timeout_s = None if timeout is None else float(timeout)
         self._scorer = None
         self.single_observation_space = gym.spaces.Box(0.0, np.inf, (2,), np.float32)
         self.single_action_space = gym.spaces.MultiDiscrete(np.full(self.length, self.num_tokens))
@@ -65,11 +68,14 @@ class SequenceBanditEnv(VectorEnv):
             if self._pool_address is not None:
                 from sepo_ray.oracles.pool import RewardPool
 
-                self._scorer = RewardPool.connect(**self._pool_address).score
+                address = dict(self._pool_address)
+                if self._timeout_s is not None:
+                    address["timeout_s"] = self._timeout_s
+                self._scorer = RewardPool.connect(**address).score
             else:
                 from sepo_ray.oracles.pool import resolve_reward
 
-                self._scorer = resolve_reward(self._reward_spec)
+                self._scorer = resolve_reward(self._reward_spec, timeout_s=self._timeout_s)
         self.num_reward_calls += 1
         return self._scorer(sequences)
 

@@ -126,10 +126,20 @@ def save_cached_row(cache: Path, name: str, fingerprint: dict, metrics: dict, sa
 
 
 def row_plan(
-    task, out: Path, records: dict[str, dict], seeds: list[int], num_samples: int, steps: int, elbo_steps
+    task,
+    out: Path,
+    records: dict[str, dict],
+    seeds: list[int],
+    num_samples: int,
+    steps: int,
+    elbo_steps,
+    probed: dict[str, list[str]] | None = None,
 ) -> dict:
-    """Every row of the table, in order: name -> (fingerprint, factory of its spec for ``evaluate_rows``)."""
-    from sepo_ray.evaluation import load_generator
+    """Every row of the table, in order: name -> (fingerprint, factory of its spec for ``evaluate_rows``).
+
+    ``probed``: reference draws for ``seeds[0]`` already made (:func:`sepo_ray.evaluation.probe_references`).
+    """
+    from sepo_ray.evaluation import load_generator, reference_row
 
     first = next(iter(records.values()))
     budget, group = oracle_budget(first), int(first["config"]["group_size"])
@@ -153,11 +163,13 @@ def row_plan(
         source = task.generator_file(checkpoint_path(out / "runs" / name, record["final_checkpoint"]))
         sources[name] = ({"generator": _file_hash(source)}, lambda src=source: load_generator(task, src))
     for ref, draw in task.reference_rows().items():
-        sources[ref] = ({"reference": ref}, lambda draw=draw: lambda seed: draw(seed, num_samples))
+        done = (seeds[0], probed[ref]) if probed and ref in probed else None
+        sources[ref] = ({"reference": ref}, lambda d=draw, done=done: reference_row(d, num_samples, done))
     return {name: (row_fingerprint(name, src, settings), f) for name, (src, f) in sources.items()}
 
 
 def main(argv=None) -> int:
+    from sepo_ray import evaluation
     from sepo_ray.evaluate import parse_seeds
     from sepo_ray.run import DEFAULT_ITERATIONS
     from sepo_ray.tasks import available_tasks, get_task
@@ -198,6 +210,10 @@ def main(argv=None) -> int:
         parse_overrides(args.set)
     except ValueError as e:
         p.error(str(e))
+    try:  # a reference set smaller than --num-samples fails now, not after hours of training
+        probed = evaluation.probe_references(task.reference_rows(), seeds[0], args.num_samples)
+    except ValueError as e:
+        p.error(f"--num-samples {args.num_samples}: {e}; use fewer samples")
     args.output.mkdir(parents=True, exist_ok=True)
 
     if args.skip_train:
@@ -217,7 +233,6 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from sepo_ray import evaluation
     from sepo_ray.runtime import write_json
 
     if not records:
@@ -228,17 +243,33 @@ def main(argv=None) -> int:
     group = int(first["config"]["group_size"])
     scorer = task.scorer(elbo_steps=args.elbo_steps)
     elbo_steps = getattr(scorer, "elbo_steps", args.elbo_steps)
-    plan = row_plan(task, args.output, records, seeds, args.num_samples, steps, elbo_steps)
+    try:
+        plan = row_plan(task, args.output, records, seeds, args.num_samples, steps, elbo_steps, probed)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
     cache = args.output / "rows"
+    cached_rows = {name: load_cached_row(cache, name, fp) for name, (fp, _) in plan.items()}
+    specs = {}
+    for name, (_, factory) in plan.items():  # every generator to evaluate is loaded (and checked) first
+        if cached_rows[name] is None:
+            try:
+                specs[name] = factory()
+            except (ValueError, FileNotFoundError) as e:
+                p.error(f"row {name}: {e}")
     metrics, frames = {}, []
-    for name, (fingerprint, factory) in plan.items():
-        cached = load_cached_row(cache, name, fingerprint)
+    for name, (fingerprint, _) in plan.items():
+        cached = cached_rows[name]
         if cached is not None:
             print(f"== {name}: reusing {cache / name}.json (same fingerprint)", flush=True)
             row_metrics, row_samples = cached
         else:
             out, row_samples = evaluation.evaluate_rows(
-                task, {name: factory()}, seeds=seeds, num_samples=args.num_samples, steps=steps, scorer=scorer
+                task,
+                {name: specs.pop(name)},
+                seeds=seeds,
+                num_samples=args.num_samples,
+                steps=steps,
+                scorer=scorer,
             )
             row_metrics = out[name]
             save_cached_row(cache, name, fingerprint, row_metrics, row_samples)

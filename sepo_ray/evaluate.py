@@ -4,7 +4,8 @@
 
 Rows: each ``--model`` (``pretrained``, a generator ``.safetensors`` file, or a directory holding one; repeat the
 flag or separate with commas) sampled with the T-step sampler once per seed, plus the task's reference rows of
-real data, drawn once per seed.
+real data, drawn once per seed. Refused before any sampling, with one line: a ``--model`` whose weights are not
+all finite, a ``--num-samples`` above a reference set's size, an ``--output`` that is a file.
 
 Writes to DIR:
 
@@ -28,7 +29,16 @@ from pathlib import Path
 
 import torch
 
-from .evaluation import DEFAULT_STEPS, RowSpec, evaluate_rows, format_table, load_generator, write_outputs
+from .evaluation import (
+    DEFAULT_STEPS,
+    RowSpec,
+    evaluate_rows,
+    format_table,
+    load_generator,
+    probe_references,
+    reference_row,
+    write_outputs,
+)
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -109,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = load_generator(task, m, device=args.device)
         except (ValueError, FileNotFoundError) as e:
             parser.error(f"--model {m}: {e}")
+    try:  # a reference set smaller than --num-samples fails now, not after the models' rows
+        probed = probe_references(references, seeds[0], args.num_samples)
+    except ValueError as e:
+        parser.error(f"--num-samples {args.num_samples}: {e}; use --no-references or fewer samples")
     for ref, draw in references.items():
-        rows[ref] = lambda seed, draw=draw: draw(seed, args.num_samples)
+        rows[ref] = reference_row(draw, args.num_samples, (seeds[0], probed[ref]))
     scorer = task.scorer(device=args.device, elbo_steps=args.elbo_steps)
     metrics, samples = evaluate_rows(task, rows, seeds, args.num_samples, args.steps, scorer)
     wall = time.perf_counter() - t0

@@ -9,11 +9,13 @@ sequence with its scores. ``evaluate`` and ``compare`` are command lines over th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -26,9 +28,61 @@ DEFAULT_STEPS = 32
 RowSpec = nn.Module | Sequence[str] | Mapping[int, Sequence[str]] | Callable[[int], Sequence[str]]
 
 
+def nonfinite_weights(model: nn.Module) -> tuple[str, int] | None:
+    """The first parameter or buffer holding NaN/inf, with its count of such entries; None when all finite."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return name, bad
+    return None
+
+
 def load_generator(task: Task, path_or_name: str | Path = "pretrained", device="cpu") -> nn.Module:
-    """The generator behind an evaluation row: ``"pretrained"`` (the task's own) or a weights file/folder."""
-    return task.build_denoiser(None if str(path_or_name) == "pretrained" else path_or_name, device=device)
+    """The generator behind an evaluation row: ``"pretrained"`` (the task's own) or a weights file/folder.
+
+    Raises ValueError naming the file and the first non-finite parameter when any weight is NaN/inf: such a
+    generator samples garbage (or crashes the sampler), and its numbers would be meaningless.
+    """
+    source = None if str(path_or_name) == "pretrained" else path_or_name
+    model = task.build_denoiser(source, device=device)
+    bad = nonfinite_weights(model)
+    if bad is not None:
+        path = task.generator_file(source) or "pretrained"
+        raise ValueError(
+            f"generator {path} has non-finite weights ({bad[0]}: {bad[1]} NaN/inf); it was not evaluated"
+        )
+    return model
+
+
+def probe_references(
+    references: Mapping[str, Callable[[int, int], Sequence[str]]], seed: int, num_samples: int
+) -> dict[str, list[str]]:
+    """Draws each reference row once (``draw(seed, num_samples)``), before any sampling, so that a set too
+    small for ``num_samples`` fails at once; returns the draws (reuse them for ``seed``). ValueError names
+    the row."""
+    drawn = {}
+    for name, draw in references.items():
+        try:
+            drawn[name] = list(draw(seed, num_samples))
+        except ValueError as e:
+            msg = re.sub(r"^num_samples: ", "", str(e).strip().splitlines()[0] if str(e).strip() else "")
+            msg = re.sub(r", asked for \d+$", "", msg)  # the caller says how many were asked for
+            raise ValueError(msg if name in msg else f"{name}: {msg}") from None
+    return drawn
+
+
+def reference_row(
+    draw: Callable[[int, int], Sequence[str]], num_samples: int, probed: tuple[int, list[str]] | None = None
+) -> Callable[[int], list[str]]:
+    """Row callable ``seed -> draw(seed, num_samples)``; ``probed`` = (seed, its draw) is reused, not redrawn."""
+
+    def row(seed: int) -> list[str]:
+        if probed is not None and seed == probed[0]:
+            return list(probed[1])
+        return list(draw(seed, num_samples))
+
+    return row
 
 
 def _row_sequences(

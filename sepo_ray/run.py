@@ -51,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, repeatable"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=None, help="training seed (default 0; a resumed run keeps its own)"
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --output from its last checkpoint"
     )
@@ -91,13 +93,21 @@ def evaluate_model(
     """The task's evaluation table of ``num_samples`` fresh samples (seed 1234), plus ``user_reward_mean`` /
     ``user_reward_median`` when a user reward is given."""
     import torch
+    from tqdm.auto import tqdm
 
     from sepo_ray.oracles.pool import resolve_reward
 
     g = torch.Generator().manual_seed(1234)
-    seqs = task.sample(
-        model, num_samples, steps, generator=g, corrector_steps=corrector_steps, batch_size=128
-    )
+    with tqdm(total=steps * -(-num_samples // 128), desc="sampling", unit="step", leave=False) as bar:
+        seqs = task.sample(
+            model,
+            num_samples,
+            steps,
+            generator=g,
+            corrector_steps=corrector_steps,
+            batch_size=128,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
     out = task.scorer().metrics(seqs)
     if user_reward:
         r = resolve_reward(user_reward)(seqs)
@@ -151,11 +161,77 @@ def read_record(run_dir: str | Path) -> dict | None:
         raise ValueError(f"{path} is not valid JSON ({e}); move it aside to start a new run there") from e
 
 
+#: Settings a resumed run may change: they decide where and how often things happen, not what is sampled or
+#: learned. Any other change would not continue the same run and is refused.
+RESUMABLE = frozenset(
+    {
+        "checkpoint_frequency",
+        "heldout_eval_interval",
+        "heldout_samples",
+        "oracle_actors",
+        "oracle_num_gpus",
+        "oracle_max_restarts",
+        "reward_timeout_s",
+        "num_gpus_per_learner",
+        "num_gpus_per_env_runner",
+    }
+)
+
+
+class DivergedError(RuntimeError):
+    """A run met non-finite losses, gradients or weights and stopped; its last checkpoint is intact."""
+
+
+def _resume_settings(
+    previous: dict, overrides: dict, seed: int | None, reward: str | None
+) -> tuple[dict, dict]:
+    """(the resumed run's overrides, the changes recorded): refuses a seed, reward or setting that would make
+    the resumed run another run."""
+    if seed is not None and seed != previous.get("seed"):
+        raise ValueError(
+            f"--seed {seed}: this run was trained with seed {previous.get('seed')}; a resumed run keeps its seed "
+            "(drop --seed, or start a new run elsewhere)"
+        )
+    if reward is not None and reward != previous.get("reward"):
+        raise ValueError(
+            f"--reward {reward}: this run was trained with reward {previous.get('reward')!r}; start a new run "
+            "to train on another reward"
+        )
+    trained = previous["overrides"]
+    changed = {k: v for k, v in overrides.items() if trained.get(k, previous["config"].get(k)) != v}
+    refused = sorted(k for k in changed if k not in RESUMABLE)
+    if refused:
+        was = ", ".join(f"{k}={trained.get(k, previous['config'].get(k))!r}" for k in refused)
+        raise ValueError(
+            f"--set {', '.join(refused)}: this run was trained with {was}; changing it would not continue the same "
+            f"run (start a new run elsewhere; a resume may change only {', '.join(sorted(RESUMABLE))})"
+        )
+    return {**trained, **changed}, changed
+
+
+def _restore_last_good(algo, out: Path, record: dict) -> Path | None:
+    """Restore the newest readable checkpoint (an unreadable one is reported and skipped); None if none."""
+    for entry in reversed(list(record.get("checkpoints", []))):
+        path = checkpoint_path(out, entry)
+        try:
+            if not path.is_dir():
+                raise FileNotFoundError("missing")
+            algo.restore_from_path(str(path.resolve()))
+            return path
+        except Exception as e:  # noqa: BLE001 - a truncated or corrupt checkpoint: try the one before
+            print(
+                f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying the previous one"
+            )
+    if record.get("checkpoints"):
+        raise ValueError(f"--resume: none of the checkpoints in {out / 'checkpoints'} can be read")
+    return None
+
+
 def train(
     task: str,
     output: str | Path,
     iterations: int = DEFAULT_ITERATIONS,
-    seed: int = 0,
+    seed: int | None = None,
     overrides: dict | None = None,
     reward: str | None = None,
     resume: bool = False,
@@ -166,11 +242,15 @@ def train(
     """Fine-tune ``task`` into the run directory ``output``; returns the run's record (``result.json``).
 
     Writes ``result.json`` after every iteration (history, config, checkpoints relative to ``output``) and
-    checkpoints every ``checkpoint_frequency`` iterations. ``resume`` continues the run in ``output`` from its
-    last checkpoint with its own settings (``iterations`` may extend it). Raises ValueError for bad input
-    (before Ray starts) and :class:`~sepo_ray.oracles.pool.RewardError` when the reward fails (what was
-    written stays).
+    checkpoints every ``checkpoint_frequency`` iterations. A new run needs a directory without a run in it;
+    ``resume`` continues the run in ``output`` from its last checkpoint with its own settings and random-number
+    states (``iterations`` may extend it; see :data:`RESUMABLE` for what may change). Raises ValueError for bad
+    input (before Ray starts), :class:`~sepo_ray.oracles.pool.RewardError` when the reward fails and
+    :class:`DivergedError` on non-finite losses, gradients or weights (what was written stays, the last
+    checkpoint stays the final one).
     """
+    from sepo_ray.oracles.pool import check_reward_spec
+    from sepo_ray.rllib.learner import DivergenceError
     from sepo_ray.runtime import init_ray, write_json
     from sepo_ray.tasks import get_task
 
@@ -185,12 +265,16 @@ def train(
     overrides = dict(overrides or {})
     if "task" in overrides:
         raise ValueError("--set task=...: the task is the command's first argument, not a --set field")
-    if previous is not None:  # resume: the run's own settings win, --iterations may extend it
-        overrides = {**previous["overrides"], **overrides}
-        reward = reward or previous.get("reward")
-        seed = previous.get("seed", seed)
+    changed = {}
+    if previous is not None:
+        if previous.get("task", task) != task:
+            raise ValueError(f"--resume: {out} holds a run of task {previous['task']!r}, not {task!r}")
+        overrides, changed = _resume_settings(previous, overrides, seed, reward)
+        seed, reward = previous.get("seed"), previous.get("reward")
+    seed = 0 if seed is None else seed
     task_obj = get_task(task)
     config = build_config(task, reward, seed, overrides)
+    check_reward_spec(config.reward or task_obj.default_reward)
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "result.json"
 
@@ -216,7 +300,8 @@ def train(
     }
     algo = config.build_algo()
 
-    def current_metrics() -> dict:
+    def current_metrics(what: str) -> dict:
+        print(f"{what}: metrics of {eval_samples} samples ...", flush=True)
         return evaluate_model(
             algo.current_denoiser(),
             task_obj,
@@ -227,19 +312,33 @@ def train(
         )
 
     try:
-        if previous is not None and previous.get("checkpoints"):
-            last = checkpoint_path(out, previous["checkpoints"][-1])
-            algo.restore_from_path(str(last.resolve()))
-            done = algo.iteration
+        if previous is not None:
+            restored = _restore_last_good(algo, out, record)
+            done = algo.iteration if restored is not None else 0
             record["history"] = [h for h in record["history"] if h["iteration"] <= done]
-            print(f"resumed from {last} at iteration {done}", flush=True)
+            kept = [c for c in record["checkpoints"] if int(Path(c).name.removeprefix("iter_")) <= done]
+            record["checkpoints"], record["final_checkpoint"] = kept, (kept[-1] if kept else None)
+            record["overrides"] = overrides
+            record.setdefault("resumes", []).append({"at_iteration": done, "changed": changed})
+            print(f"resumed from {restored or 'the start'} at iteration {done}", flush=True)
+            if changed:
+                print(f"settings changed on resume (recorded in result.json): {changed}", flush=True)
         if evaluate and "before" not in record:
-            print(f"before: metrics of {eval_samples} samples of the pretrained generator ...", flush=True)
-            record["before"] = current_metrics()
+            record["before"] = current_metrics("before: the pretrained generator")
             write_json(result_path, record)
         while algo.iteration < iterations:
             t0 = time.time()
-            result = algo.train()
+            try:
+                result = algo.train()
+            except Exception as e:
+                cause = _divergence(e, DivergenceError)
+                if cause is None:
+                    raise
+                raise DivergedError(
+                    f"iteration {algo.iteration + 1} diverged: {cause}; last good checkpoint "
+                    f"{out / record['final_checkpoint'] if record['final_checkpoint'] else 'none yet'} "
+                    "(kept as the final one; lower lr or raise kl_alpha)"
+                ) from None
             sepo_res = result.get("sepo", {})
             row = {
                 "iteration": int(algo.iteration),
@@ -267,8 +366,7 @@ def train(
                 record["final_checkpoint"] = record["checkpoints"][-1]
             write_json(result_path, record)
         if evaluate:
-            print(f"after: metrics of {eval_samples} samples of the fine-tuned generator ...", flush=True)
-            record["after"] = current_metrics()
+            record["after"] = current_metrics("after: the fine-tuned generator")
             write_json(result_path, record)
             print_table(record["before"], record["after"])
     except BaseException:
@@ -277,6 +375,17 @@ def train(
     finally:
         algo.stop()
     return record
+
+
+def _divergence(error: BaseException, kind: type) -> BaseException | None:
+    """The divergence error behind ``error`` (raised here, or inside a Ray actor and wrapped), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, kind):
+            return error
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
 
 
 def main(argv=None) -> int:
@@ -301,11 +410,20 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RewardError as e:
+    except (RewardError, DivergedError) as e:
         record = read_record(out) or {}
-        last = record.get("final_checkpoint") or "none yet"
+        last = out / record["final_checkpoint"] if record.get("final_checkpoint") else "none yet"
         print(f"error: {e}\nlast checkpoint (intact): {last}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        record = read_record(out) or {}
+        done = record["history"][-1]["iteration"] if record.get("history") else 0
+        print(
+            f"\ninterrupted after iteration {done}; continue with: python -m sepo_ray.run {args.task} "
+            f"--output {out} --resume --iterations {args.iterations}",
+            file=sys.stderr,
+        )
+        return 130
     final = record["final_checkpoint"]
     print(f"\nresult: {out / 'result.json'}\nfinal checkpoint: {out / final if final else None}", flush=True)
     return 0

@@ -228,6 +228,15 @@ SEPO_SETTINGS: dict[str, Setting] = {
             low=0,
         ),
         _s(
+            "reward_timeout_s",
+            600.0,
+            "float",
+            "seconds one batched reward call may take before the run stops with an error (with or without actors)",
+            "seconds",
+            low=0.0,
+            low_open=True,
+        ),
+        _s(
             "heldout_eval_interval",
             0,
             "int",
@@ -329,8 +338,15 @@ def yaml_load(text: str) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """A ``--set`` value as a YAML scalar: ``3e-4`` -> 0.0003, ``null`` -> None, ``true`` -> True, ``a`` -> "a"."""
-    return yaml_load(text) if text.strip() else ""
+    """A ``--set`` value as a YAML scalar: ``3e-4`` -> 0.0003, ``nan`` -> nan, ``null`` -> None, ``true`` -> True,
+    ``a`` -> "a"."""
+    value = yaml_load(text) if text.strip() else ""
+    if isinstance(value, str):  # "nan", "inf", "-inf" as a user types them
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -27,3 +27,29 @@ def nan_after_first_call(sequences):
     if _calls["n"] > 1:
         out[:] = np.nan
     return out
+
+
+def ones(sequences):
+    """A well-behaved reward: 1.0 for every sequence."""
+    return np.ones(len(sequences))
+
+
+def sleepy(sequences):
+    """Gives no answer for 20 s: longer than any test's reward_timeout_s."""
+    import time
+
+    time.sleep(20)
+    return np.ones(len(sequences))
+
+
+not_callable = 42
+
+
+class Exploding:
+    """A reward class whose constructor fails: checking its spec must not build it."""
+
+    def __init__(self):
+        raise RuntimeError("Exploding was instantiated")
+
+    def __call__(self, sequences):
+        return np.ones(len(sequences))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,16 +17,18 @@ ROWS = ["pretrained", "best_of_n", "sepo_grpo", "trajectory_grpo", "real_hepg2_t
 
 
 def _fake_run(root, name, seed, iterations=1, batch=2, group=2):
-    """A finished `sepo_ray.run` directory: result.json and a (tiny, random) fine-tuned generator."""
+    """A finished `sepo_ray.run` directory: result.json (checkpoints relative to the run directory, as `run`
+    writes them) and a (tiny, random) fine-tuned generator."""
     torch.manual_seed(seed)
-    ckpt = root / "runs" / name / "checkpoints" / f"iter_{iterations:04d}"
+    entry = f"checkpoints/iter_{iterations:04d}"
+    ckpt = root / "runs" / name / entry
     ckpt.mkdir(parents=True, exist_ok=True)
     save_model(DNAConvDenoiser(hidden_dim=8, num_cnn_stacks=1).eval(), ckpt / "generator.safetensors")
     record = {
         "config": {"prompts_per_batch": batch, "group_size": group, "denoise_steps": 2},
         "history": [{"iteration": i + 1, "kl": 0.1 * (i + 1)} for i in range(iterations)],
-        "final_checkpoint": str(ckpt),
-        "checkpoints": [str(ckpt)],
+        "final_checkpoint": entry,
+        "checkpoints": [entry],
         "seed": 0,
         "overrides": compare.parse_overrides(compare.VARIANTS[name]),
     }
@@ -127,3 +131,46 @@ def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.main(["dna", "--output", str(tmp_path), "--skip-train", "--variants", "sepo_grpo"])
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_a_moved_comparison_reuses_every_row_and_writes_in_its_new_place(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    before = tmp_path / "before"
+    _fake_run(before, "sepo_grpo", seed=1)
+    _fake_run(before, "trajectory_grpo", seed=2)
+    assert compare.main(_args(before)) == 0
+    after = tmp_path / "elsewhere" / "after"
+    after.parent.mkdir()
+    shutil.move(str(before), str(after))
+    written = {p: p.stat().st_mtime_ns for p in after.glob("*") if p.is_file()}
+    for p in written:
+        p.touch()
+        written[p] = p.stat().st_mtime_ns
+
+    def refuse(task, rows, **kwargs):
+        raise AssertionError(f"re-evaluated {list(rows)}")
+
+    monkeypatch.setattr(evaluation, "evaluate_rows", refuse)
+    capsys.readouterr()
+    assert compare.main(_args(after)) == 0
+    assert capsys.readouterr().out.count("reusing") == len(ROWS)
+    assert not before.exists()
+    assert list(json.loads((after / "metrics.json").read_text())) == ROWS
+    for name in ("metrics.json", "table.md", "compare.json", "samples.parquet", "pred_activity.png"):
+        assert (after / name).stat().st_mtime_ns > written.get(after / name, 0), f"{name} was not rewritten"
+
+    # nothing compare writes (nor the run records it reads) names an absolute path: neither the old nor the
+    # new place, nor the package's own artifacts
+    roots = [str(tmp_path), str(Path(compare.__file__).resolve().parents[1])]
+    for path in after.rglob("*"):
+        if path.is_file() and path.suffix != ".safetensors":
+            data = path.read_bytes()
+            assert not any(root.encode() in data for root in roots), f"{path} holds an absolute path"
+    for path in after.rglob("*.parquet"):
+        frame = pd.read_parquet(path)
+        for column in frame.columns:
+            if pd.api.types.is_string_dtype(frame[column]):
+                assert not frame[column].astype(str).str.startswith("/").any(), (
+                    f"{path}:{column} holds a path"
+                )

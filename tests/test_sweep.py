@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from ray import tune
 
 from sepo_ray import sweep
@@ -485,12 +486,18 @@ def test_sweep_stopped_part_way_resumes(ray_session, tmp_path):
     kwargs = {"trainable": StandInSEPO, "config_cls": StandInConfig, "verbose": 0}
     with pytest.raises(ValueError, match="no Tune experiment"):
         run_sweep(spec, out, resume=True, **kwargs)
-    # Ctrl-C during the first trial: the later trials do not exist yet
-    first = run_sweep(spec, out, **kwargs)
+    # Ctrl-C (a real SIGINT) during the first trial: it is cut, the later trials do not exist yet
+    first = run_sweep(spec, out, sweep_file="resume.yaml", **kwargs)
     assert (tmp_path / "interrupt").exists() and first["num_terminated"] < 3
+    assert first["interrupted"] and first["num_interrupted"] >= 1
+    assert first["num_interrupted"] + first["num_not_started"] + first["num_terminated"] == 3
+    command = f"python -m sepo_ray.sweep resume.yaml --output {out.resolve()} --resume"
+    assert first["resume_command"] == command
+    cut = [t for t in first["trials"] if t["status"] == "interrupted"]
+    assert cut and all(t["resume_hint"].startswith(command) for t in cut)
     # resumed: the first trial continues, the others are created (their config holds a class), one fails
     second = run_sweep(spec, out, resume=True, **kwargs)
-    assert second["num_trials"] == 3 and second["num_errored"] == 1
+    assert second["num_trials"] == 3 and second["num_errored"] == 1 and not second["interrupted"]
     # resumed again: the failed trial continues from its checkpoint
     third = run_sweep(spec, out, resume=True, **kwargs)
     assert third["num_trials"] == 3 and third["num_terminated"] == 3
@@ -550,3 +557,216 @@ def test_values_sepo_config_refuses_stop_the_sweep_before_it_starts(tmp_path):
     assert not (tmp_path / "out").exists()
     for path in (CPU_FILE, CLUSTER_FILE):
         sweep.check_against_config(load_sweep_spec(path), SEPOConfig)
+
+
+# ------------------------------------------------------------------------- checks before anything starts
+def _write_sweep(tmp_path, raw, name="sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _no_ray(monkeypatch, cuda_devices=0):
+    """A dry run in a fresh process: Ray not started, no RAY_ADDRESS, ``cuda_devices`` local GPUs."""
+    import ray
+    import torch
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+
+
+@pytest.mark.parametrize(
+    "where, reward, message",
+    [
+        ("base_config", "nosuch:f", "base_config.reward: reward 'nosuch:f': cannot import module 'nosuch'"),
+        ("search_space", {"choice": ["dna_ft", "nosuch"]},
+         "search_space.reward: reward 'nosuch' is not a registered oracle name"),
+    ],
+)  # fmt: skip
+def test_dry_run_checks_every_reward_spec(tmp_path, monkeypatch, capsys, where, reward, message):
+    _no_ray(monkeypatch)
+    raw = copy.deepcopy(read_sweep_yaml(CPU_FILE))
+    raw[where]["reward"] = reward
+    assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+    # a real run stops at the same check, before Ray or Tune start
+    with pytest.raises(sweep.SweepError, match=re.escape(message)):
+        run_sweep(parse_sweep_spec(raw), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_of_the_shipped_cpu_sweep_passes(tmp_path, monkeypatch, capsys):
+    _no_ray(monkeypatch)
+    assert sweep.main([str(CPU_FILE), "--dry-run"]) == 0
+    assert "GPUs: a trial asks for at most 0; resources.num_gpus is 0" in capsys.readouterr().out
+
+
+def test_dry_run_refuses_a_trial_that_needs_more_gpus_than_there_are(tmp_path, monkeypatch, capsys):
+    raw = copy.deepcopy(read_sweep_yaml(CLUSTER_FILE))  # 4 GPUs a trial
+    # no resources block: the local machine's CUDA devices
+    _no_ray(monkeypatch, cuda_devices=2)
+    assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: base_config: a trial asks for 4 GPUs but this machine has 2 (torch.cuda.device_count()); it "
+        "could never be placed and Tune would wait for it forever. Lower num_gpus_per_learner, "
+        "num_gpus_per_env_runner or oracle_num_gpus, or add GPUs"
+    )
+    _no_ray(monkeypatch, cuda_devices=8)
+    assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 0
+    assert "GPUs: a trial asks for at most 4; this machine has 8" in capsys.readouterr().out
+    # resources.num_gpus sizes a local Ray; a searched value is checked too, and named
+    raw["resources"] = {"num_gpus": 5}
+    del raw["base_config"]["num_gpus_per_learner"]
+    raw["search_space"]["num_gpus_per_learner"] = {"choice": [1, 3]}
+    assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: search_space.num_gpus_per_learner=3: a trial asks for 6 GPUs but resources.num_gpus is 5;"
+    )
+
+
+def test_cluster_gpus_count_what_the_autoscaler_can_add(ray_session, monkeypatch):
+    from ray._private.state import state
+
+    from sepo_ray.sweep.preflight import cluster_gpus
+
+    assert cluster_gpus() == (0.0, "the Ray cluster has 0 (ray.cluster_resources())")
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: {"GPU": 16, "CPU": 200})
+    assert cluster_gpus() == (16.0, "the Ray cluster has 0 now and its autoscaler can reach 16")
+
+
+class GPUHungry(StandInSEPO):
+    """The stand-in, asking for ``num_gpus_per_learner`` GPUs a trial as RLlib's bundles would."""
+
+    @classmethod
+    def default_resource_request(cls, config):
+        from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+        return PlacementGroupFactory([{"CPU": 1, "GPU": config.get("num_gpus_per_learner", 0)}])
+
+
+def test_run_refuses_a_trial_the_cluster_cannot_place_before_tune_starts(ray_session, tmp_path):
+    raw = {
+        "name": "hungry",
+        "scheduler": {"type": "asha", "max_t": 1, "grace_period": 1},
+        "search_space": {"num_gpus_per_learner": {"choice": [0, 2]}, "clip_eps": {"grid": [0.1, 0.2]}},
+    }
+    spec = parse_sweep_spec(raw, FIELDS | {"num_gpus_per_learner"})
+    message = "search_space.num_gpus_per_learner=2: a trial asks for 2 GPUs but the Ray cluster has 0"
+    with pytest.raises(sweep.SweepError, match=re.escape(message)):
+        run_sweep(spec, tmp_path / "out", trainable=GPUHungry, config_cls=StandInConfig, verbose=0)
+    assert not (tmp_path / "out").exists()  # Tune never started
+
+
+# ----------------------------------------------------------------------------------------------- Ctrl-C
+class CtrlCAt(tune.CLIReporter):
+    """Tune's table reporter that presses Ctrl-C once while ``armed``, as the keyboard would (it calls the
+    process's SIGINT handler, in the driver's loop, without a signal), as soon as a trial has reported ``at``
+    iterations. ``armed`` is the class's: a restored sweep gets the reporter back from Tune's saved state."""
+
+    armed = False
+
+    def __init__(self, at: int):
+        super().__init__(max_report_frequency=3600)
+        self.at = at
+
+    def should_report(self, trials, done=False):
+        if CtrlCAt.armed and any(t.last_result.get("training_iteration", 0) >= self.at for t in trials):
+            CtrlCAt.armed = False
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        return False
+
+
+def test_ctrl_c_marks_cut_trials_prints_the_resume_command_and_exits_130(
+    ray_session, tmp_path, monkeypatch, capsys
+):
+    from sepo_ray.sweep import cli, runner
+
+    raw = {
+        "name": "ctrl_c",
+        "scheduler": {"type": "asha", "time_attr": "time_total_s", "max_t": 0.4, "grace_period": 0.4},
+        "max_concurrent_trials": 1,
+        "checkpoint": {"frequency": 1, "at_end": True},
+        "base_config": {"step_cost_s": 0.05},
+        "search_space": {"clip_eps": {"grid": [0.1, 0.3, 0.2]}},
+    }
+    path, out = _write_sweep(tmp_path, raw), tmp_path / "out"
+    monkeypatch.setattr(cli, "load_sweep_spec", lambda p: load_sweep_spec(p, FIELDS))
+    monkeypatch.setattr(runner, "default_trainable", lambda: (StandInSEPO, StandInConfig))
+    monkeypatch.setattr(runner, "progress_reporter", lambda spec: CtrlCAt(2))
+    monkeypatch.setattr(CtrlCAt, "armed", True)
+    handler = signal.getsignal(signal.SIGINT)
+    assert sweep.main([str(path), "--output", str(out)]) == 130
+    assert signal.getsignal(signal.SIGINT) is handler  # ours and Tune's are gone
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+
+    command = f"python -m sepo_ray.sweep {path} --output {out.resolve()} --resume"
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["interrupted"] and data["resume_command"] == command
+    # one trial at a time: the first is cut at its 2nd report, the other two were never created
+    assert (data["num_trials"], data["num_interrupted"], data["num_not_started"]) == (1, 1, 2)
+    (row,) = data["trials"]
+    assert row["status"] == "interrupted" and row["metrics"]["training_iteration"] >= 2
+    assert row["resume_hint"] == f"{command}  # continues from its last checkpoint"
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"Sweep interrupted: 1 trial cut, 2 not started; continue with: {command}"
+
+    # what Tune saved is what a second Ctrl-C (no graceful stop) leaves: the trial there is still RUNNING
+    spec = load_sweep_spec(path, FIELDS)
+    saved = runner._saved_trial_records(str(out.resolve() / "ctrl_c"), spec)
+    assert [r["status"] for r in runner.mark_interrupted(saved, command)] == ["interrupted"]
+
+    # the printed command continues it: the cut trial resumes, the others are created
+    assert not CtrlCAt.armed
+    assert sweep.main([str(path), "--output", str(out), "--resume"]) == 0
+    data = json.loads((out / "sweep.json").read_text())
+    assert not data["interrupted"] and data["num_trials"] == data["num_terminated"] == 3
+    assert {t["resume_hint"] for t in data["trials"]} == {None}
+    assert data["best"]["config"] == {"clip_eps": 0.3}
+
+
+def test_keyboard_interrupt_out_of_fit_still_writes_sweep_json(ray_session, tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C (or TUNE_DISABLE_SIGINT_HANDLER=1) raises out of ``fit``: no ResultGrid, the report
+    comes from what Tune last saved (here nothing) and counts every trial as not started."""
+    from sepo_ray.sweep import runner
+
+    class Interrupted:
+        def fit(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_make_tuner", lambda *args: Interrupted())
+    spec = _stand_in_spec(name="keyboard")
+    report = run_sweep(spec, tmp_path / "out", trainable=StandInSEPO, verbose=0, sweep_file="s.yaml")
+    command = f"python -m sepo_ray.sweep s.yaml --output {(tmp_path / 'out').resolve()} --resume"
+    assert report == json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert report["interrupted"] and report["resume_command"] == command
+    assert (report["num_trials"], report["num_interrupted"], report["num_not_started"]) == (0, 0, 4)
+    assert capsys.readouterr().out.strip().endswith(f"0 trials cut, 4 not started; continue with: {command}")
+
+
+def test_ctrl_c_handler_hands_the_first_press_to_tune_and_raises_on_the_second(monkeypatch):
+    from sepo_ray.sweep.runner import CtrlC
+
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
+    stops = []
+    with CtrlC() as ctrl_c:
+        assert signal.getsignal(signal.SIGINT) is ctrl_c
+        assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # Tune leaves SIGINT to us
+        signal.signal(signal.SIGUSR1, lambda signum, frame: stops.append(signum))  # what Tune.fit installs
+        ctrl_c(signal.SIGINT, None)
+        assert stops == [signal.SIGINT] and ctrl_c.interrupted
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c(signal.SIGINT, None)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)) == before
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+    # before Tune's handler is in place (or with Tune's handling disabled) the first press stops at once
+    with CtrlC() as ctrl_c, pytest.raises(KeyboardInterrupt):
+        ctrl_c(signal.SIGINT, None)
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    with CtrlC() as ctrl_c:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: stops.append(signum))
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c(signal.SIGINT, None)
+    assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1" and len(stops) == 1

@@ -77,7 +77,9 @@ def sampler_overhead(args: argparse.Namespace) -> dict:
     rows = {}
     load = load_avg()
     if quick:
-        rows["shipped_generator_size"] = sampler_overhead_row(conv_denoiser(16, 1), 4, 32, 4, repeats=2, forwards=2)
+        rows["shipped_generator_size"] = sampler_overhead_row(
+            conv_denoiser(16, 1), 4, 32, 4, repeats=2, forwards=2
+        )
         rows["toy"] = sampler_overhead_row(conv_denoiser(16, 1), 8, 16, 4, repeats=2, forwards=2)
     else:
         rows["shipped_generator_size"] = sampler_overhead_row(

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .pool import RewardError, RewardPool, import_callable, resolve_reward, validate_rewards
+from .pool import (
+    RewardError,
+    RewardPool,
+    check_reward_spec,
+    import_callable,
+    resolve_reward,
+    validate_rewards,
+)
 
 
 def oracle_names() -> list[str]:
@@ -36,6 +43,7 @@ def get_oracle(name: str, **kwargs) -> Callable:
 __all__ = [
     "RewardError",
     "RewardPool",
+    "check_reward_spec",
     "get_oracle",
     "import_callable",
     "oracle_names",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -70,6 +71,7 @@ class SEPO(Algorithm):
                 num_actors=cfg.oracle_actors,
                 num_gpus=float(cfg.oracle_num_gpus),
                 max_restarts=int(cfg.oracle_max_restarts),
+                timeout_s=float(cfg.reward_timeout_s),
             )
             new = cfg.copy(copy_frozen=False)
             env_config = dict(new.env_config)
@@ -232,11 +234,41 @@ class SEPO(Algorithm):
 
     # ---------------------------------------------------------------------------------- checkpointing
     def get_state(self, *args, **kwargs):
+        """RLlib's state plus SEPO's own: the PPO baseline and the random-number state of every sampler and
+        learner, so that a resumed run draws what the uninterrupted run would have drawn."""
         state = super().get_state(*args, **kwargs)
         state["sepo_baseline"] = self._baseline
+        state["sepo_rng"] = {
+            "runners": dict(self.env_runner_group.foreach_env_runner(_runner_rng_state)),
+            "learners": [r.get() for r in self.learner_group.foreach_learner(_learner_rng_state)],
+        }
         return state
 
     def set_state(self, state) -> None:
         super().set_state(state)
         if "sepo_baseline" in state:
             self._baseline = state["sepo_baseline"]
+        rng = state.get("sepo_rng")
+        if rng:
+            self.env_runner_group.foreach_env_runner(partial(_set_runner_rng_state, states=rng["runners"]))
+            if rng["learners"]:
+                self.learner_group.foreach_learner(partial(_set_learner_rng_state, state=rng["learners"][0]))
+
+
+# Module-level (they travel to remote workers; they must not capture the Algorithm).
+def _runner_rng_state(runner) -> tuple[int, bytes]:
+    return int(runner.worker_index), runner.module._rng.get_state().numpy().tobytes()
+
+
+def _set_runner_rng_state(runner, states: dict) -> None:
+    if int(runner.worker_index) in states:
+        raw = np.frombuffer(states[int(runner.worker_index)], dtype=np.uint8).copy()
+        runner.module._rng.set_state(torch.from_numpy(raw))
+
+
+def _learner_rng_state(learner) -> bytes:
+    return learner._noise.get_state().numpy().tobytes()
+
+
+def _set_learner_rng_state(learner, state: bytes) -> None:
+    learner._noise.set_state(torch.from_numpy(np.frombuffer(state, dtype=np.uint8).copy()))

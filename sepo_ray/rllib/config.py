@@ -112,7 +112,7 @@ class SEPOConfig(AlgorithmConfig):
         self.train_batch_size_per_learner = self.batch_sequences // max(1, int(self.num_learners))
         self.train_batch_size = self.batch_sequences
         env_config = dict(self.env_config or {})
-        env_config.update(task=self.task)
+        env_config.update(task=self.task, reward_timeout_s=float(self.reward_timeout_s))
         if not env_config.get("reward_pool"):
             env_config["reward"] = self.reward or task.default_reward
         self.env_config = env_config

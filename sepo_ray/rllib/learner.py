@@ -21,6 +21,18 @@ from sepo_ray.sepo import update
 ADVANTAGES = "advantages"
 
 
+class DivergenceError(FloatingPointError):
+    """The update met a non-finite loss, gradient or weight; the run must stop (the last checkpoint stays good)."""
+
+
+def check_finite_weights(module: torch.nn.Module, what: str) -> None:
+    """Raise :class:`DivergenceError` naming the first parameter of ``module`` with a NaN or inf entry."""
+    for name, p in module.named_parameters():
+        bad = int((~torch.isfinite(p)).sum())
+        if bad:
+            raise DivergenceError(f"{what}: parameter {name} has {bad} non-finite entries")
+
+
 class AddAdvantagesFromEpisodes(ConnectorV2):
     """Learner connector piece: ``episode.custom_data["advantage"]`` -> the ``advantages`` column."""
 
@@ -76,6 +88,11 @@ class SEPOTorchLearner(TorchLearner):
             generator=self._noise,
             schedule=module.schedule,
         )
+        if not bool(torch.isfinite(total)):
+            raise DivergenceError(
+                f"non-finite loss {float(total.detach())} (objective {float(stats['objective_loss'])}, "
+                f"KL {float(stats['kl'])}); the update was not applied"
+            )
         self.metrics.log_dict(
             {
                 "sepo_loss": stats.pop("objective_loss"),
@@ -85,3 +102,15 @@ class SEPOTorchLearner(TorchLearner):
             window=1,
         )
         return total
+
+    def apply_gradients(self, gradients_dict) -> None:
+        """RLlib's step, but a non-finite gradient stops the run instead of being zeroed in silence, and a step
+        that leaves non-finite weights (a learning rate too large, say) stops it too."""
+        bad = sum(1 for g in gradients_dict.values() if not bool(torch.isfinite(g).all()))
+        if bad:
+            raise DivergenceError(
+                f"non-finite gradients in {bad} parameter tensors; the update was not applied"
+            )
+        super().apply_gradients(gradients_dict)
+        for module_id in self.module.keys():
+            check_finite_weights(self.module[module_id].unwrapped(), "weights after the optimiser step")

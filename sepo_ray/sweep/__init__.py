@@ -5,21 +5,25 @@
 runs a Tune ``Tuner`` over the ``SEPO`` algorithm (an RLlib ``Algorithm`` is a Tune ``Trainable``), shows
 Tune's progress table, writes ``DIR/sweep.json`` (one row per trial: its sampled config, metrics, status)
 and prints the best config by the task's held-out score (``sepo/heldout_score``), among the trials that pass
-the realism guards (``select_min``, e.g. ``sepo/heldout_realism``). A sweep stopped part-way (Ctrl-C, a lost
-node, an errored trial) continues with ``--resume`` (``Tuner.restore``).
+the realism guards (``select_min``, e.g. ``sepo/heldout_realism``). Before anything starts (``--dry-run``, and
+again before Tune runs) every reward spec is checked and each trial's GPUs must fit the cluster. A sweep stopped
+part-way (Ctrl-C, a lost node, an errored trial) continues with ``--resume`` (``Tuner.restore``); after Ctrl-C
+sweep.json marks the cut trials ``"interrupted"``, the last line gives the command, and the exit status is 130.
 
 | module | concern |
 |---|---|
 | ``spec`` | the sweep file's keys (its docstring shows every one), ``SweepSpec``, parsing and validation |
 | ``space`` | Tune objects: search domains, the param space, the ASHA scheduler, the progress table |
+| ``preflight`` | checks before anything starts: reward specs, each trial's GPUs against the cluster's |
 | ``report`` | trial rows, ``select_best``, the content of ``sweep.json`` and its text (pure) |
-| ``runner`` | ``run_sweep``: Ray start-up, Tune's ``Tuner`` (or its restore), writing ``sweep.json`` |
+| ``runner`` | ``run_sweep``: Ray start-up, Tune's ``Tuner`` (or its restore), Ctrl-C, writing ``sweep.json`` |
 | ``cli`` | ``main``: ``python -m sepo_ray.sweep`` |
 """
 
 from .cli import main
-from .report import asha_rungs, format_report, select_best, summarize_trial, sweep_report
-from .runner import check_against_config, default_trainable, run_sweep
+from .preflight import available_gpus, check_gpus, check_rewards, trial_gpu_requests
+from .report import asha_rungs, format_report, interrupted_line, select_best, summarize_trial, sweep_report
+from .runner import check_against_config, default_trainable, resume_command, run_sweep
 from .space import build_param_space, make_scheduler, progress_reporter, trial_resources, tune_domain
 from .spec import (
     DEFAULT_METRIC,
@@ -44,21 +48,27 @@ __all__ = [
     "SweepError",
     "SweepSpec",
     "asha_rungs",
+    "available_gpus",
     "build_param_space",
     "check_against_config",
+    "check_gpus",
+    "check_rewards",
     "default_trainable",
     "format_report",
+    "interrupted_line",
     "load_sweep_spec",
     "main",
     "make_scheduler",
     "parse_sweep_spec",
     "progress_reporter",
     "read_sweep_yaml",
+    "resume_command",
     "run_sweep",
     "select_best",
     "sepo_config_fields",
     "summarize_trial",
     "sweep_report",
+    "trial_gpu_requests",
     "trial_resources",
     "tune_domain",
 ]

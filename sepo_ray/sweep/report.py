@@ -38,7 +38,8 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
     """One sweep.json row from a trial record.
 
     ``record``: {"trial_id", "status", "config" (searched values), "history" (list of flat result dicts,
-    "/"-joined keys, one per reported iteration), "error" (str or None)}. A metric that some iterations
+    "/"-joined keys, one per reported iteration), "error" (str or None), and for a trial an interrupt cut
+    (status ``"interrupted"``) "resume_hint"}. A metric that some iterations
     do not report (the held-out eval) is summarised over the iterations that do; ``stopped_early`` marks a
     TERMINATED trial that ASHA ended at a rung, before ``max_t`` and any ``stop`` threshold.
     """
@@ -77,6 +78,7 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
         "config": jsonable(dict(record.get("config") or {})),
         "metrics": jsonable(metrics),
         "error": record.get("error"),
+        "resume_hint": record.get("resume_hint"),
     }
 
 
@@ -106,8 +108,14 @@ def select_best(rows: Sequence[Mapping], spec: SweepSpec) -> dict | None:
     return None
 
 
-def sweep_report(spec: SweepSpec, records: Sequence[Mapping], experiment_path: str = "") -> dict:
-    """The content of sweep.json: the sweep's settings, one row per trial, the best config."""
+def sweep_report(
+    spec: SweepSpec, records: Sequence[Mapping], experiment_path: str = "", resume_command: str | None = None
+) -> dict:
+    """The content of sweep.json: the sweep's settings, one row per trial, the best config.
+
+    ``resume_command``: set when the sweep was interrupted (Ctrl-C); the report then counts the trials cut
+    (status ``"interrupted"``) and those not created yet (``num_trials`` of the file minus the rows).
+    """
     rows = [summarize_trial(r, spec) for r in records]
     rows.sort(key=lambda r: r["trial_id"])
     best = select_best(rows, spec)
@@ -137,6 +145,10 @@ def sweep_report(spec: SweepSpec, records: Sequence[Mapping], experiment_path: s
             "num_stopped_early": sum(bool(r["stopped_early"]) for r in rows),
             "num_below_select_min": sum(r["meets_select_min"] is False for r in rows),
             "num_unchecked_select_min": sum(r["meets_select_min"] is None for r in rows),
+            "interrupted": resume_command is not None,
+            "num_interrupted": sum(r["status"] == "interrupted" for r in rows),
+            "num_not_started": max(0, spec.num_trials - len(rows)) if resume_command is not None else 0,
+            "resume_command": resume_command,
             "best": best,
             "trials": rows,
         }
@@ -149,6 +161,7 @@ def format_report(report: Mapping) -> str:
     lines = [
         f"{report['num_trials']} trials: {report['num_terminated']} terminated "
         f"({report['num_stopped_early']} stopped early by the scheduler), {report['num_errored']} errored"
+        + (f", {report['num_interrupted']} interrupted" if report.get("num_interrupted") else "")
     ]
     guards = report.get("select_min") or {}
     for row in report["trials"]:
@@ -182,6 +195,15 @@ def format_report(report: Mapping) -> str:
         if best["selected_by"] != select:
             lines.append(f"  (no finished trial reported {select}; ranked by {best['selected_by']})")
     return "\n".join(lines)
+
+
+def interrupted_line(report: Mapping) -> str:
+    """The one line an interrupted sweep ends with: trials cut, trials not started, the command to continue."""
+    cut, waiting = report["num_interrupted"], report["num_not_started"]
+    return (
+        f"Sweep interrupted: {cut} trial{'' if cut == 1 else 's'} cut, {waiting} not started; "
+        f"continue with: {report['resume_command']}"
+    )
 
 
 def _fmt(x: Any) -> str:
