@@ -7,8 +7,10 @@ per denoising step: RLlib costs milliseconds per env step, the sampler's T steps
 The environment is a ``gymnasium.vector.VectorEnv`` over ``num_envs`` sub-environments, so one ``step``
 scores the whole batch with ONE call to the reward (an in-process callable or the Ray actor pool), never one
 call per sequence. Autoreset follows ``AutoresetMode.NEXT_STEP``: the step after an episode ends is a reset
-step. Observations are ``[terminal_flag, prompt_id]``: the module samples only for rows whose flag is 0, so
-the reset step costs nothing.
+step. Observations are ``[terminal_flag, prompt_id, prompt tokens]``: the module samples only for rows whose
+flag is 0, so the reset step costs nothing. For a task with prompts (``task.prompt_length`` P > 0) each group of
+G consecutive sub-environments gets one prompt (a GRPO group = G completions of one prompt); the module clamps
+it in the sampler, and the reward sees prompt + completion (the whole sequence).
 
 A reward that fails (wrong count, non-finite, raised, actor gone for good) does not crash the rollout worker
 (RLlib would restart it and try again forever): the rewards become NaN and ``infos["reward_error"]`` carries
@@ -52,7 +54,19 @@ class SequenceBanditEnv(VectorEnv):
         timeout = config.get("reward_timeout_s")
         self._timeout_s = None if timeout is None else float(timeout)
         self._scorer = None
-        self.single_observation_space = gym.spaces.Box(0.0, np.inf, (2,), np.float32)
+        # Prompts (tasks with task.prompt_length P > 0): each group of G consecutive sub-environments gets one
+        # prompt, drawn from the task's training prompts with this env's (seeded) random generator.
+        self.prompt_length = int(getattr(self.task, "prompt_length", 0) or 0)
+        self.group_size = int(config.get("group_size", 1))
+        self._prompts = None
+        self._prompt_ids = np.zeros(self.num_envs, np.int64)
+        if self.prompt_length:
+            if self.num_envs % self.group_size:
+                raise ValueError(
+                    f"num_envs={self.num_envs} must be a multiple of group_size={self.group_size}"
+                )
+            self._prompts = np.asarray(self.task.prompts("train"), dtype=np.float32)  # (num_prompts, P)
+        self.single_observation_space = gym.spaces.Box(0.0, np.inf, (2 + self.prompt_length,), np.float32)
         self.single_action_space = gym.spaces.MultiDiscrete(np.full(self.length, self.num_tokens))
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -84,13 +98,30 @@ class SequenceBanditEnv(VectorEnv):
         return self.task.decode(np.asarray(actions, dtype=np.int64))  # (N, L) -> N sequences
 
     def _obs(self, terminal: bool) -> np.ndarray:
-        obs = np.zeros((self.num_envs, 2), np.float32)  # (N, 2): [terminal_flag, prompt_id]
+        """(N, 2 + P): [terminal_flag, prompt_id, prompt tokens (MASK-padded; P = 0 without prompts)]."""
+        obs = np.zeros((self.num_envs, 2 + self.prompt_length), np.float32)
         obs[:, 0] = float(terminal)
+        if self._prompts is not None:
+            obs[:, 1] = self._prompt_ids
+            obs[:, 2:] = self._prompts[self._prompt_ids]  # (N, P) token ids, exact in float32 below 2**24
         return obs
 
+    def rng_state(self) -> dict:
+        """The state of the generator that draws the prompts (checkpointed, for an exact resume)."""
+        return self.np_random.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore :meth:`rng_state`; RLlib's seeded first reset after a restore then keeps it."""
+        self.np_random.bit_generator.state = state
+        self._keep_rng = True
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
+        if seed is not None and not getattr(self, "_keep_rng", False):
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+        self._keep_rng = False
+        if self._prompts is not None:  # one prompt per group of G consecutive sub-environments
+            groups = self.np_random.integers(0, len(self._prompts), size=self.num_envs // self.group_size)
+            self._prompt_ids = np.repeat(groups, self.group_size)  # (N,)
         self._done = False
         return self._obs(False), {}
 

@@ -276,8 +276,14 @@ def sample(
     record_path: bool = False,
     corrector_dt: float | None = None,
     device: torch.device | str | None = None,
+    prompt: Tensor | None = None,
 ) -> Sample:
     """Draw `num_samples` sequences from pi_theta with the T-step sampler (+ c corrector steps after each step).
+
+    prompt: optional (N, P) long, P <= L: the first P tokens of each sequence, MASK where a shorter prompt ends.
+    Prompt tokens start unmasked and the masked ("subs") step carries unmasked tokens over, so they are clamped
+    at every step and contribute nothing to log_prob; the gradient-flow corrector (which re-masks clean tokens)
+    is refused with a prompt.
 
     Step k = T..1 goes from t_k = k/T to t_{k-1}; after it, `corrector_steps` correctors at s = t_{k-1} with
     increment `corrector_dt` (default 1/T). Runs in batches of `batch_size` (default all at once).
@@ -297,6 +303,13 @@ def sample(
     dt = 1.0 / steps if corrector_dt is None else float(corrector_dt)
     device = torch.device(device) if device is not None else _model_device(model)
     mask_id = _mask_id(model)
+    if prompt is not None:
+        if prompt.dim() != 2 or prompt.shape[0] != num_samples or prompt.shape[1] > length:
+            raise ValueError(
+                f"prompt must have shape ({num_samples}, P) with P <= length={length}, got {tuple(prompt.shape)}"
+            )
+        if corrector_steps:
+            raise ValueError("corrector_steps must be 0 with a prompt (the corrector would re-mask it)")
     record = None
     if record_states_at is not None:
         record = torch.as_tensor(record_states_at, dtype=torch.long).reshape(-1).tolist()
@@ -310,6 +323,8 @@ def sample(
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         z = torch.full((n, length), mask_id, dtype=torch.long, device=device)  # (n, L)
+        if prompt is not None:
+            z[:, : prompt.shape[1]] = prompt[start : start + n].to(device)  # (n, P) clamped context
         log_prob = torch.zeros(n, dtype=torch.float64, device=device)  # (n,)
         before = {}
         visited = [z] if record_path else None

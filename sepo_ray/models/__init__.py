@@ -5,14 +5,20 @@ Tasks register their own model classes with :func:`register_model` (so their fil
 
 from .conv import ConvDenoiser
 from .io import MODEL_CLASSES, build_model, load_model, model_file, read_metadata, register_model, save_model
+from .sedd import SEDDTransformer, load_sedd, sedd_kwargs_from_config
+
+register_model(SEDDTransformer)
 
 __all__ = [
     "MODEL_CLASSES",
     "ConvDenoiser",
+    "SEDDTransformer",
     "build_model",
     "load_model",
+    "load_sedd",
     "model_file",
     "read_metadata",
     "register_model",
     "save_model",
+    "sedd_kwargs_from_config",
 ]

@@ -256,14 +256,26 @@ class SEPO(Algorithm):
 
 
 # Module-level (they travel to remote workers; they must not capture the Algorithm).
-def _runner_rng_state(runner) -> tuple[int, bytes]:
-    return int(runner.worker_index), runner.module._rng.get_state().numpy().tobytes()
+def _runner_env(runner):
+    env = getattr(runner, "env", None)
+    return getattr(env, "unwrapped", env)
+
+
+def _runner_rng_state(runner) -> tuple[int, tuple]:
+    """(worker index, (sampler generator state, environment generator state)): the env draws the prompts."""
+    env = _runner_env(runner)
+    env_state = env.rng_state() if hasattr(env, "rng_state") else None
+    return int(runner.worker_index), (runner.module._rng.get_state().numpy().tobytes(), env_state)
 
 
 def _set_runner_rng_state(runner, states: dict) -> None:
-    if int(runner.worker_index) in states:
-        raw = np.frombuffer(states[int(runner.worker_index)], dtype=np.uint8).copy()
-        runner.module._rng.set_state(torch.from_numpy(raw))
+    if int(runner.worker_index) not in states:
+        return
+    sampler, env_state = states[int(runner.worker_index)]
+    runner.module._rng.set_state(torch.from_numpy(np.frombuffer(sampler, dtype=np.uint8).copy()))
+    env = _runner_env(runner)
+    if env_state is not None and hasattr(env, "set_rng_state"):
+        env.set_rng_state(env_state)
 
 
 def _learner_rng_state(learner) -> bytes:

@@ -112,7 +112,9 @@ class SEPOConfig(AlgorithmConfig):
         self.train_batch_size_per_learner = self.batch_sequences // max(1, int(self.num_learners))
         self.train_batch_size = self.batch_sequences
         env_config = dict(self.env_config or {})
-        env_config.update(task=self.task, reward_timeout_s=float(self.reward_timeout_s))
+        env_config.update(
+            task=self.task, reward_timeout_s=float(self.reward_timeout_s), group_size=int(self.group_size)
+        )
         if not env_config.get("reward_pool"):
             env_config["reward"] = self.reward or task.default_reward
         self.env_config = env_config
@@ -144,6 +146,11 @@ class SEPOConfig(AlgorithmConfig):
             bad("group_size", "GRPO standardises rewards within a group: group_size must be >= 2")
         if self.neighbour_positions is not None and self.neighbour_positions > task.length:
             bad("neighbour_positions", f"must be None (all positions) or an integer in 1..L={task.length}")
+        if getattr(task, "prompt_length", 0) and self.corrector_steps:
+            bad(
+                "corrector_steps",
+                "must be 0 for a task with prompts (the corrector would re-mask the prompt)",
+            )
         if self.neighbour_tokens is not None and self.neighbour_tokens > task.num_tokens - 1:
             bad("neighbour_tokens", f"must be None (all m-1) or an integer in 1..m-1={task.num_tokens - 1}")
         runners = max(1, int(self.num_env_runners))

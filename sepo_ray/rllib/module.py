@@ -16,7 +16,9 @@ rollout workers and the ratio stays right under stale weights):
 - ``sample_log_prob`` (N,): log-probability of the sampler's own path;
 - with ``objective="trajectory"`` (the DDPO / d1-style baseline): ``path_states`` (N, P+1, L) and
   ``old_step_log_prob`` (N, P), the recorded path and its per-transition log-probabilities;
-- with ``neighbour_tokens`` J set: ``neighbour_tokens`` (N, K, J), the proposed tokens per position.
+- with ``neighbour_tokens`` J set: ``neighbour_tokens`` (N, K, J), the proposed tokens per position;
+- for a task with prompts: ``free`` (N, L) bool, False at the prompt's tokens (clamped context: the loss,
+  the SNIS sites and the KL touch only the completion).
 
 The quantities are assembled by :func:`sepo_ray.sepo.update.rollout`, the same function the benchmarks call.
 """
@@ -75,11 +77,20 @@ class SEPOTorchRLModule(TorchRLModule):
         self._rng.manual_seed(_sampler_seed(self.model_config.get("seed")))
 
     # ------------------------------------------------------------------------------------- sampling
-    def generate(self, num: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Samples ``num`` sequences and the old-policy quantities SEPO needs (see module docstring)."""
+    def generate(
+        self, num: int, generator: torch.Generator | None = None, prompt: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Samples ``num`` sequences (after ``prompt`` (N, P), MASK-padded, if given) and the old-policy quantities
+        SEPO needs (see module docstring)."""
         g = generator if generator is not None else self._rng
         out = update.rollout(
-            self.denoiser, num, self.task.length, self.spec, generator=g, schedule=self.schedule
+            self.denoiser,
+            num,
+            self.task.length,
+            self.spec,
+            generator=g,
+            schedule=self.schedule,
+            prompt=prompt,
         )
         base = int(torch.randint(0, 2**40, (1,), generator=g)) * 4096
         tokens = (
@@ -91,6 +102,8 @@ class SEPOTorchRLModule(TorchRLModule):
             extra["old_step_log_prob"] = out["old_step_log_prob"]  # (N, P)
         if "neighbour_tokens" in out:
             extra["neighbour_tokens"] = out["neighbour_tokens"]  # (N, K, J)
+        if "free" in out:
+            extra["free"] = out["free"]  # (N, L) bool: False at prompt tokens
         return {
             **extra,
             Columns.ACTIONS: out["x"],
@@ -106,14 +119,15 @@ class SEPOTorchRLModule(TorchRLModule):
 
     @torch.no_grad()
     def _forward_exploration(self, batch, **kwargs):
-        obs = batch[Columns.OBS]  # (N, 2): [terminal_flag, prompt_id]
+        obs = batch[Columns.OBS]  # (N, 2 + P): [terminal_flag, prompt_id, prompt tokens]
         n = obs.shape[0]
         active = obs[:, 0] < 0.5  # rows at a reset step need no sample
+        prompt = obs[:, 2:].round().long() if obs.shape[1] > 2 else None  # (N, P) MASK-padded
         if not bool(active.any()):
             return {Columns.ACTIONS: torch.zeros(n, self.task.length, dtype=torch.long)}
         if bool(active.all()):
-            return self.generate(n)
-        out = self.generate(int(active.sum()))
+            return self.generate(n, prompt=prompt)
+        out = self.generate(int(active.sum()), prompt=prompt[active] if prompt is not None else None)
         full = {}
         for key, value in out.items():
             buf = torch.zeros((n, *value.shape[1:]), dtype=value.dtype)

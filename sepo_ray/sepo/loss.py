@@ -106,7 +106,8 @@ def sepo_loss(
         loss = mean_b per_x                          (group_size None: PPO, w from `ppo_coefficients`)
         loss = mean_groups sum_{i in group} per_x    (group_size G: GRPO, w from `grpo_coefficients`)
 
-    position_weight = L / K when positions were subsampled (`sample_positions`). Minimising the loss ascends
+    position_weight = L / K when positions were subsampled (`sample_positions`); a (B,) tensor C_b / K when each
+    sequence has its own number C_b of free positions (prompts). Minimising the loss ascends
     the reward (module docstring). log_score, coefficients, mask: (B, K, m). ratio/clip_eps (optional) only
     feed the statistics. Returns (loss scalar, stats dict of detached floats).
     """
@@ -120,7 +121,11 @@ def sepo_loss(
         raise ValueError(
             f"mask must have the shape of log_score {tuple(log_score.shape)}, got {tuple(mask.shape)}"
         )
-    if not position_weight > 0:
+    if torch.is_tensor(position_weight):
+        if position_weight.shape != log_score.shape[:1] or not bool((position_weight > 0).all()):
+            raise ValueError(f"position_weight must be a float or a ({log_score.shape[0]},) tensor > 0")
+        position_weight = position_weight.to(log_score.dtype)
+    elif not position_weight > 0:
         raise ValueError(f"position_weight must be > 0, got {position_weight}")
     batch = log_score.shape[0]
     if group_size is not None and (group_size < 1 or batch % group_size != 0):

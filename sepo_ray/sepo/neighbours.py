@@ -44,15 +44,31 @@ def sample_positions(
     num_positions: int | None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-) -> tuple[Tensor, float]:
+    free: Tensor | None = None,
+) -> tuple[Tensor, float | Tensor]:
     """K distinct positions per sequence, uniformly without replacement, and the weight L / K.
 
     sum_{l in N(x)} g(l) = E[(L / K) sum_{k} g(positions[k])], so the weight keeps the restricted Hamming-1 sum
     unbiased. num_positions None (or = L) -> all positions in order, weight 1.
-    Returns positions (batch, K) long and weight float.
+    free: optional (batch, L) bool, the positions that may change (False at prompt tokens); then the K positions
+    are drawn among the C_b free ones of each row and the weight is the (batch,) float64 tensor C_b / K
+    (num_positions None = K = min_b C_b). Returns positions (batch, K) long and the weight.
     """
     if batch < 1 or length < 1:
         raise ValueError(f"batch and length must be >= 1, got {batch}, {length}")
+    if free is not None:
+        if free.shape != (batch, length):
+            raise ValueError(f"free must have shape ({batch}, {length}), got {tuple(free.shape)}")
+        count = free.sum(dim=1)  # (B,)
+        k = int(count.min()) if num_positions is None else int(num_positions)
+        if not 1 <= k <= int(count.min()):
+            raise ValueError(
+                f"num_positions must lie in 1..{int(count.min())} (the fewest free positions in a row), got {k}"
+            )
+        keys = torch.rand((batch, length), generator=generator, device=free.device)  # (B, L)
+        keys = torch.where(free, keys, torch.full_like(keys, 2.0))  # prompt positions sort last
+        positions = keys.argsort(dim=1)[:, :k]  # (B, K) distinct, uniform among the free positions
+        return positions, count.double() / k  # (B, K), (B,)
     if num_positions is None or num_positions == length:
         return torch.arange(length, device=device).expand(batch, length).clone(), 1.0  # (B, L)
     if not 1 <= num_positions <= length:

@@ -270,10 +270,13 @@ def draw_snis_sites(
     length: int,
     generator: torch.Generator | None = None,
     others: Tensor | None = None,
+    free: Tensor | None = None,
 ) -> Tensor:
     """Uniform SNIS re-mask sites l'_i for every neighbour: positions (B, K) -> (B, K, J, M) long.
 
     J = m - 1 (all other tokens), or others.shape[-1] for proposed tokens `others` (B, K, J).
+    free: optional (B, L) bool; sites are then uniform over each row's free positions (a prompt is context,
+    never re-masked), and the kernel's 1/L becomes 1/C_b, which cancels in the SNIS weights as before.
     """
     batch, k = positions.shape
     if others is None:
@@ -283,4 +286,10 @@ def draw_snis_sites(
     else:
         j = others.shape[-1]
     shape = (batch, k, j, max(num_samples, 0))
-    return torch.randint(0, length, shape, generator=generator, device=positions.device)  # (B, K, J, M)
+    if free is None:
+        return torch.randint(0, length, shape, generator=generator, device=positions.device)  # (B, K, J, M)
+    count = free.sum(dim=1).view(batch, 1, 1, 1)  # (B, 1, 1, 1)
+    u = torch.rand(shape, generator=generator, device=positions.device, dtype=torch.float64)  # (B, K, J, M)
+    rank = (u * count).floor().long().clamp(max=length - 1)  # (B, K, J, M) index among the free positions
+    ordered = torch.argsort((~free).to(torch.int8), dim=1, stable=True)  # (B, L) free positions first
+    return ordered.gather(1, rank.view(batch, -1)).view(shape)  # (B, K, J, M)

@@ -81,6 +81,11 @@ def _log_pi_hat(model, x, positions, spec: UpdateSpec, generator, batch_size, si
     )
 
 
+def model_mask_id(model, spec: UpdateSpec) -> int:
+    """The MASK id of a denoiser: ``model.mask_id`` if it has one, else m."""
+    return int(getattr(model, "mask_id", spec.num_tokens))
+
+
 @torch.no_grad()
 def old_policy(
     model,
@@ -88,24 +93,28 @@ def old_policy(
     spec: UpdateSpec,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    free: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """SEPO's old-policy quantities for the sampled x (N, L), computed once per batch (module docstring).
 
+    free: optional (N, L) bool, False at prompt tokens: neighbours and SNIS sites then lie in the completion.
     Returns positions (N, K), neighbour_tokens (N, K, J) (only with spec.neighbour_tokens), old_log_scores and
-    old_log_pi_hat (N, K, m) float32, snis_sites (N, K, J, M) long.
+    old_log_pi_hat (N, K, m) float32, snis_sites (N, K, J, M) long, and ``free`` when given.
     """
     n, length = x.shape
     m, snis = spec.num_tokens, int(spec.snis_samples)
     positions, _ = sample_positions(
-        n, length, spec.neighbour_positions, generator=generator, device=x.device
+        n, length, spec.neighbour_positions, generator=generator, device=x.device, free=free
     )  # (N, K)
-    out = {"positions": positions}
+    out = {"positions": positions} if free is None else {"positions": positions, "free": free}
     others = None
     if spec.neighbour_tokens is not None:
         others, _ = propose_tokens(x, positions, m, spec.neighbour_tokens, generator=generator)  # (N, K, J)
         out["neighbour_tokens"] = others
     old_log_scores = log_scores(model, x, positions, spec.score_estimator, batch_size=batch_size)  # (N, K, m)
-    sites = draw_snis_sites(positions, m, snis, length, generator=generator, others=others)  # (N, K, J, M)
+    sites = draw_snis_sites(
+        positions, m, snis, length, generator=generator, others=others, free=free
+    )  # (N, K, J, M)
     old_log_pi_hat = _log_pi_hat(model, x, positions, spec, generator, batch_size, sites, others)  # (N, K, m)
     out.update(old_log_scores=old_log_scores.float(), old_log_pi_hat=old_log_pi_hat.float(), snis_sites=sites)
     return out
@@ -120,8 +129,12 @@ def rollout(
     generator: torch.Generator | None = None,
     schedule: diffusion.LogLinearSchedule | None = None,
     batch_size: int | None = None,
+    prompt: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Sample ``num`` sequences with the T-step sampler and attach everything the update needs.
+
+    prompt: optional (N, P) long, MASK-padded: clamped context at the start of each sequence (see
+    ``diffusion.sample``); the loss then touches only completion positions.
 
     Returns x (N, L) long, kl_states (N, S, L), kl_steps (N, S), sample_log_prob (N,), the
     :func:`old_policy` quantities, and with objective "trajectory" path_states (N, P+1, L) and
@@ -144,9 +157,14 @@ def rollout(
         generator=generator,
         record_states_at=kl_steps,
         record_path=trajectory,
+        prompt=prompt,
     )
     x = out.x  # (N, L)
-    batch = old_policy(model, x, spec, generator, batch_size)
+    free = None
+    if prompt is not None:
+        free = torch.ones_like(x, dtype=torch.bool)  # (N, L)
+        free[:, : prompt.shape[1]] = prompt.to(x.device) == model_mask_id(model, spec)  # prompt tokens: False
+    batch = old_policy(model, x, spec, generator, batch_size, free=free)
     if trajectory:  # the baseline keeps the whole path and its per-step log-probabilities
         batch["path_states"] = out.path.states  # (N, P + 1, L)
         batch["old_step_log_prob"] = diffusion.score_path(model, out.path, schedule, reduce=False).float()
@@ -193,11 +211,15 @@ def sepo_objective(
                 (spec.num_tokens - 1) / others.shape[-1],
             )
     length, k = x.shape[1], positions.shape[1]
+    free = batch.get("free")
+    weight = (
+        length / k if free is None else free.bool().sum(dim=1).double() / k
+    )  # L / K, or C_b / K (prompts)
     return sepo_loss(
         log_score,
         coefficients,
         mask,
-        position_weight=length / k * token_weight,
+        position_weight=weight * token_weight,
         ratio=r,
         clip_eps=float(spec.clip_eps),
     )

@@ -76,6 +76,9 @@ class Task:
     default_reward: str = ""
     #: reward names this task adds to the registry: name -> "module:Class" (instantiated once, then called)
     oracles: ClassVar[Mapping[str, str]] = {}
+    #: P, the most prompt tokens at the start of a sequence (0 = unconditional generation). A task with prompts
+    #: returns them from ``prompts(split)``; each GRPO group is G completions of one prompt.
+    prompt_length: int = 0
 
     # ------------------------------------------------------------------------------------- vocabulary
     def decode(self, x: Tensor | np.ndarray) -> list[str]:
@@ -95,6 +98,11 @@ class Task:
                 raise ValueError(f"sequences[{i}]: invalid character {bad!r} (alphabet {self.alphabet!r})")
             rows.append([index[c] for c in s])
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.length)
+
+    def prompts(self, split: str = "train") -> Tensor:
+        """The prompts of ``split`` ("train": what fine-tuning conditions on; "heldout": evaluation) as a
+        LongTensor (num_prompts, P) of token ids, MASK (= num_tokens) after a shorter prompt's end."""
+        raise NotImplementedError(f"task {self.name!r} has no prompts (prompt_length = 0)")
 
     # --------------------------------------------------------------------------------------- denoiser
     def build_denoiser(
@@ -126,13 +134,24 @@ class Task:
         corrector_steps: int = 0,
         batch_size: int | None = None,
         progress: bool | Callable[[int, int], None] = False,
+        prompt: Tensor | None = None,
     ) -> list[str]:
-        """``num_samples`` sequences from the T-step sampler (seeded by ``seed`` or drawn from ``generator``)."""
+        """``num_samples`` sequences from the T-step sampler (seeded by ``seed`` or drawn from ``generator``),
+        each after its row of ``prompt`` (N, P) when given; a task with prompts otherwise conditions on held-out
+        prompts drawn with ``seed``."""
         from sepo_ray import diffusion
 
         if generator is None:
             device = next(model.parameters()).device
             generator = torch.Generator(device=device).manual_seed(int(seed or 0))
+        if (
+            prompt is None and self.prompt_length
+        ):  # a task with prompts: held-out prompts, drawn with the seed
+            pool = self.prompts("heldout")  # (num_prompts, P)
+            pick = torch.randint(
+                0, len(pool), (num_samples,), generator=torch.Generator().manual_seed(int(seed or 0))
+            )
+            prompt = pool[pick]  # (N, P)
         out = diffusion.sample(
             model,
             num_samples,
@@ -142,6 +161,7 @@ class Task:
             generator=generator,
             batch_size=batch_size,
             progress=progress,
+            prompt=prompt,
         )
         return self.decode(out.x)
 
