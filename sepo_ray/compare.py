@@ -276,6 +276,10 @@ def main(argv=None) -> int:
         metrics[name] = row_metrics
         frames.append(row_samples)
     samples = pd.concat(frames, ignore_index=True)
+    if scorer.paired_score and "pretrained" in metrics:  # e.g. the text judge's win rate on the same prompts
+        for name in metrics:
+            wins = evaluation.win_rates(samples, name, "pretrained", scorer.paired_score)
+            metrics[name]["win_rate"] = evaluation.mean_std(wins)
     evaluation.write_outputs(args.output, metrics, samples, scorer)
     budgets = {name: oracle_budget(r) for name, r in records.items()}
     final_kl = {name: float(r["history"][-1]["kl"]) for name, r in records.items() if r["history"]}

@@ -158,7 +158,26 @@ def evaluate_rows(
         name: {key: mean_std([m[key] for m in runs]) for key in scorer.metric_labels}
         for name, runs in per_row.items()
     }
-    return metrics, pd.concat(frames, ignore_index=True)
+    samples = pd.concat(frames, ignore_index=True)
+    if getattr(scorer, "paired_score", None) and "pretrained" in rows:
+        for name in rows:
+            metrics[name]["win_rate"] = mean_std(win_rates(samples, name, "pretrained", scorer.paired_score))
+    return metrics, samples
+
+
+def win_rates(samples: pd.DataFrame, row: str, baseline: str, score: str) -> list[float]:
+    """Per seed, the paired win rate of ``row`` over ``baseline`` under ``score``: sequence i of a seed against
+    sequence i of the baseline at that seed (the same prompt), ties counting half."""
+    out = []
+    for seed, group in samples[samples["row"] == row].groupby("seed", sort=True):
+        base = samples[(samples["row"] == baseline) & (samples["seed"] == seed)][score].to_numpy()
+        a = group[score].to_numpy()
+        if len(a) != len(base):
+            raise ValueError(
+                f"win rate of {row} over {baseline}: {len(a)} vs {len(base)} sequences at seed {seed}"
+            )
+        out.append(float(np.mean((a > base) + 0.5 * (a == base))))
+    return out
 
 
 def format_table(
@@ -168,7 +187,8 @@ def format_table(
 ) -> str:
     """Markdown table, one line per row, "mean (std)" per metric (paper Table 2 layout); ``digits`` per metric
     (default 3)."""
-    keys = list(labels)
+    keys = list(labels) + (["win_rate"] if any("win_rate" in row for row in metrics.values()) else [])
+    labels = {**labels, "win_rate": "win rate vs pretrained ↑"}
     lines = ["| row | " + " | ".join(labels[k] for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for name, row in metrics.items():
         cells = []

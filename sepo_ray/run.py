@@ -71,8 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_config(task: str, reward: str | None, seed: int, overrides: dict):
     """A validated :class:`SEPOConfig` for ``task`` with ``overrides`` (SEPO or RLlib field names)."""
     from sepo_ray.rllib import SEPO_FIELDS, SEPOConfig
+    from sepo_ray.tasks import get_task
 
     config = SEPOConfig().sepo(task=task, reward=reward).debugging(seed=seed)
+    overrides = {**get_task(task).default_settings, **overrides}  # the task's defaults, then the user's
     sepo_kw = {k: v for k, v in overrides.items() if k in SEPO_FIELDS}
     rllib_kw = {k: v for k, v in overrides.items() if k not in SEPO_FIELDS}
     config.sepo(**sepo_kw)
@@ -137,7 +139,8 @@ def save_checkpoint(algo, out: Path) -> str:
     if tmp.exists():
         shutil.rmtree(tmp)
     algo.save_to_path(str(tmp.resolve()))
-    save_model(algo.current_denoiser(), tmp / "generator.safetensors", {"iteration": str(algo.iteration)})
+    model = algo.config.task_spec().export_denoiser(algo.current_denoiser())
+    save_model(model, tmp / "generator.safetensors", {"iteration": str(algo.iteration)})
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)  # a checkpoint directory exists only once complete

@@ -1,8 +1,12 @@
 """Masked (absorbing) discrete diffusion: schedule, forward process, scorable sampler, likelihood bounds.
 
+The score-entropy family (SEDD, absorbing graph) lives in `score_entropy` (a namespace: its `sample`,
+`score_path`, `elbo`, `q_sample`, `step` mirror the masked family's names).
+
 Pure torch/numpy; no Ray.
 """
 
+from . import score_entropy
 from .elbo import elbo, mdlm_loss
 from .process import MaskingProcess, q_sample
 from .sampler import (
@@ -21,10 +25,13 @@ from .sampler import (
     unmask_probability,
 )
 from .schedule import LogLinearSchedule
+from .score_entropy import LogLinearNoise, MaskedView, score_entropy_loss
 
 __all__ = [
     "CorrectorResult",
+    "LogLinearNoise",
     "LogLinearSchedule",
+    "MaskedView",
     "MaskingProcess",
     "Path",
     "Sample",
@@ -37,6 +44,8 @@ __all__ = [
     "remask_probability",
     "remask_step",
     "sample",
+    "score_entropy",
+    "score_entropy_loss",
     "score_path",
     "step",
     "time_grid",

@@ -4,7 +4,9 @@ A *reward spec* is a string naming what to score sequences with:
 
 - a registered oracle name (``sepo_ray.oracles.get_oracle``), which a task adds (``Task.oracles``);
 - ``"module:function"``: any importable callable taking a list of sequences (strings) and returning one
-  float per sequence; a class at that path is instantiated once (with no arguments) and then called.
+  float per sequence; a class at that path is instantiated once (with no arguments) and then called;
+- ``"hf:DIR"`` (or ``"hf:DIR#LABEL"``): a local Hugging Face sequence-classification model folder
+  (:mod:`sepo_ray.oracles.hf`), its logit (or the chosen label's log-odds) as the reward.
 
 ``check_reward_spec(spec)`` checks that a spec names something (an import, no model built);
 ``resolve_reward(spec)`` turns a spec into a validated in-process callable; ``RewardPool`` serves the same
@@ -51,6 +53,11 @@ def check_reward_spec(spec: str) -> None:
 
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"reward: expected a non-empty string spec, got {spec!r}")
+    if spec.startswith("hf:"):
+        from sepo_ray.oracles.hf import check_spec
+
+        check_spec(spec)
+        return
     if ":" not in spec:
         from sepo_ray.tasks import oracle_specs
 
@@ -132,7 +139,11 @@ def resolve_reward(spec: str, timeout_s: float | None = None) -> Callable[[Seque
     timeout_s = _check_timeout(timeout_s)
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"reward: expected a non-empty string spec, got {spec!r}")
-    if ":" in spec:
+    if spec.startswith("hf:"):  # a local Hugging Face sequence-classification folder
+        from sepo_ray.oracles.hf import HFSequenceClassifierReward
+
+        raw = HFSequenceClassifierReward(spec)
+    elif ":" in spec:
         raw = import_callable(spec)
     else:
         from sepo_ray.oracles import get_oracle

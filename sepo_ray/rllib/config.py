@@ -18,6 +18,8 @@ from sepo_ray.settings import RLLIB_SETTINGS, SEPO_SETTINGS
 
 #: name -> (default, one-line description): SEPO's own fields, from the one schema (``sepo_ray.settings``)
 SEPO_FIELDS: dict[str, tuple[object, str]] = {name: (s.default, s.help) for name, s in SEPO_SETTINGS.items()}
+#: Vocabularies larger than this need token proposals (``neighbour_tokens``): all m - 1 would not fit.
+MAX_ALL_TOKENS = 256
 
 
 class SEPOConfig(AlgorithmConfig):
@@ -150,6 +152,13 @@ class SEPOConfig(AlgorithmConfig):
             bad(
                 "corrector_steps",
                 "must be 0 for a task with prompts (the corrector would re-mask the prompt)",
+            )
+        if self.neighbour_tokens is None and task.num_tokens - 1 > MAX_ALL_TOKENS:
+            bad(
+                "neighbour_tokens",
+                f"SNIS over all m-1 = {task.num_tokens - 1} tokens per position costs N*K*(m-1)*M denoiser "
+                f"forwards; set neighbour_tokens (J proposed tokens per position, e.g. 8) for a vocabulary over "
+                f"{MAX_ALL_TOKENS + 1} tokens",
             )
         if self.neighbour_tokens is not None and self.neighbour_tokens > task.num_tokens - 1:
             bad("neighbour_tokens", f"must be None (all m-1) or an integer in 1..m-1={task.num_tokens - 1}")

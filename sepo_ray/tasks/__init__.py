@@ -21,7 +21,11 @@ from .base import Scorer, Task
 
 ENTRY_POINT_GROUP = "sepo_ray.tasks"
 #: This package's own tasks, also found when it runs from a source tree without installed metadata.
-BUILTIN_TASKS = {"dna": "sepo_ray.tasks.dna:DNATask", "toy": "sepo_ray.tasks.toy:ToyTask"}
+BUILTIN_TASKS = {
+    "dna": "sepo_ray.tasks.dna:DNATask",
+    "text": "sepo_ray.tasks.text:TextTask",
+    "toy": "sepo_ray.tasks.toy:ToyTask",
+}
 
 _registered: dict[str, object] = {}
 _instances: dict[str, Task] = {}

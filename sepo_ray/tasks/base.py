@@ -43,8 +43,12 @@ class Scorer:
         "reward_mean": "reward (mean) ↑",
         "reward_median": "reward (median) ↑",
     }
+    metric_digits: Mapping[str, int] = {}  # decimals per metric in tables (default 3)
     plot_score: str | None = "reward"
     plot_label: str = "reward"
+    #: a per-sequence score compared pairwise against the ``pretrained`` row (same seed, same index: the same
+    #: prompt), giving the metric ``win_rate`` (ties count half); None: no pairwise comparison
+    paired_score: str | None = None
 
     def __init__(self, reward: str):
         from sepo_ray.oracles.pool import resolve_reward
@@ -79,6 +83,9 @@ class Task:
     #: P, the most prompt tokens at the start of a sequence (0 = unconditional generation). A task with prompts
     #: returns them from ``prompts(split)``; each GRPO group is G completions of one prompt.
     prompt_length: int = 0
+    #: Settings this task runs with unless the user sets them (``python -m sepo_ray.run`` applies them first), for
+    #: example the token proposals J a large vocabulary needs; names and ranges are the settings schema's.
+    default_settings: ClassVar[Mapping[str, object]] = {}
 
     # ------------------------------------------------------------------------------------- vocabulary
     def decode(self, x: Tensor | np.ndarray) -> list[str]:
@@ -114,6 +121,11 @@ class Task:
         from sepo_ray.models import load_model, model_file
 
         return load_model(model_file(generator), device)
+
+    def export_denoiser(self, model: nn.Module) -> nn.Module:
+        """The module to save as ``generator.safetensors`` for ``model`` (a registered model class; default
+        ``model`` itself; a task that wraps its network for the sampler returns the network)."""
+        return model
 
     def generator_file(self, generator: str | Path | None = None) -> Path | None:
         """The file holding the weights ``build_denoiser(generator)`` loads (None: built in code)."""
