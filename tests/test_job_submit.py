@@ -45,6 +45,12 @@ def test_ray_job_submit_runs_sepo(tmp_path):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash_port}",
+            # the agents' default ports collide with a Ray runtime other tests started on this machine
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             f"--temp-dir={ray_tmp}",
             "--disable-usage-stats",
         ],

@@ -156,6 +156,7 @@ class DNAScorer:
 
     metric_labels = METRIC_LABELS
     metric_digits = {"atac_acc": 1, "log_lik_median": 1}
+    paired_score = None
     plot_score = "pred_activity"
     plot_label = "Pred-Activity (eval-oracle HepG2 log-odds)"
 
