@@ -276,7 +276,9 @@ def main(argv=None) -> int:
         metrics[name] = row_metrics
         frames.append(row_samples)
     samples = pd.concat(frames, ignore_index=True)
-    if getattr(scorer, "paired_score", None) and "pretrained" in metrics:  # e.g. the text judge's win rate on the same prompts
+    if (
+        getattr(scorer, "paired_score", None) and "pretrained" in metrics
+    ):  # e.g. the text judge's win rate on the same prompts
         for name in metrics:
             wins = evaluation.win_rates(samples, name, "pretrained", scorer.paired_score)
             metrics[name]["win_rate"] = evaluation.mean_std(wins)

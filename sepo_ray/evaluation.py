@@ -97,6 +97,18 @@ def _row_sequences(
     return list(spec)
 
 
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties). scores, labels (N,) -> float."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels).astype(bool)
+    n1, n0 = int(labels.sum()), int((~labels).sum())
+    if n1 == 0 or n0 == 0:
+        raise ValueError("auroc: labels must contain both classes")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def mean_std(values: Sequence[float]) -> dict[str, float]:
     """Mean and sample standard deviation (ddof 1; 0 for one value)."""
     arr = np.asarray(values, dtype=np.float64)

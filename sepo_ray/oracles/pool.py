@@ -238,7 +238,7 @@ class RewardPool:
         if max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
         self.timeout_s = _check_timeout(timeout_s, optional=False)
-        resolve_reward(spec)  # fail fast in the driver on a spec that names nothing
+        check_reward_spec(spec)  # fail fast in the driver on a spec that names nothing (builds no model)
         self.spec = spec
         self.name = name or f"sepo-reward-{uuid.uuid4().hex[:12]}"  # not np.random: RLlib seeds it
         self.namespace = namespace or ray.get_runtime_context().namespace

@@ -86,6 +86,8 @@ class Task:
     #: Settings this task runs with unless the user sets them (``python -m sepo_ray.run`` applies them first), for
     #: example the token proposals J a large vocabulary needs; names and ranges are the settings schema's.
     default_settings: ClassVar[Mapping[str, object]] = {}
+    #: the folder of the task's shipped artifacts (hashed by ``evaluation_fingerprint``), or None
+    artifact_dir: ClassVar[Path | None] = None
 
     # ------------------------------------------------------------------------------------- vocabulary
     def decode(self, x: Tensor | np.ndarray) -> list[str]:
@@ -191,8 +193,17 @@ class Task:
         return {}
 
     def evaluation_fingerprint(self) -> str:
-        """A hash of everything the scorer's numbers depend on besides the sequences (artifact files)."""
-        return ""
+        """A hash of everything the scorer's numbers depend on besides the sequences: every file under the
+        task's ``artifact_dir`` (names and contents); "" for a task without one."""
+        import hashlib
+
+        if self.artifact_dir is None:
+            return ""
+        h = hashlib.sha256()
+        for path in sorted(Path(self.artifact_dir).rglob("*")):
+            if path.is_file():
+                h.update(path.name.encode() + hashlib.sha256(path.read_bytes()).hexdigest()[:16].encode())
+        return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------ pretraining
     def pretrain(self, argv: Sequence[str]) -> int:

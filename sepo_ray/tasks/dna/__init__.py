@@ -15,7 +15,6 @@ Everything DNA lives in this package: the ENCODE DHS table (``data``), the DRAKE
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,6 +41,7 @@ class DNATask(Task):
     num_tokens = NUM_TOKENS
     alphabet = ALPHABET
     default_reward = "dna_ft"
+    artifact_dir = Path(__file__).resolve().parent / "artifacts"
     oracles = {
         "dna_ft": "sepo_ray.tasks.dna.oracles:FTOracle",
         "dna_eval": "sepo_ray.tasks.dna.oracles:EvalOracle",
@@ -89,16 +89,6 @@ class DNATask(Task):
         return {
             name: (lambda seed, n, name=name: reference_sequences(name, n, seed)) for name in REFERENCE_ROWS
         }
-
-    def evaluation_fingerprint(self) -> str:
-        """Hash of every shipped artifact (oracles, accessibility classifier, the ELBO's generator)."""
-        from .models import ARTIFACT_DIR
-
-        h = hashlib.sha256()
-        for path in sorted(ARTIFACT_DIR.glob("*")):
-            if path.is_file():
-                h.update(path.name.encode() + hashlib.sha256(path.read_bytes()).hexdigest()[:16].encode())
-        return h.hexdigest()[:16]
 
     def pretrain(self, argv: Sequence[str]) -> int:
         from .pretrain import main

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepo_ray.evaluation import auroc  # noqa: F401 - re-exported for the tests
 from sepo_ray.models import save_model
 
 from .classifiers import DilatedCNNClassifier, KmerMLPClassifier, strand_averaged_logits
@@ -110,18 +111,6 @@ CONFIGS: dict[str, GeneratorConfig | ClassifierConfig] = {
 
 
 # --------------------------------------------------------------------------------------------- utilities
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties). scores, labels (N,) -> float."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).astype(bool)
-    n1, n0 = int(labels.sum()), int((~labels).sum())
-    if n1 == 0 or n0 == 0:
-        raise ValueError("labels must contain both classes")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def hepg2_log_odds(logits: Tensor) -> Tensor:

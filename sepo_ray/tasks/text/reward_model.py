@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sepo_ray.evaluation import auroc
+
 from . import data
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
@@ -178,18 +180,6 @@ def predict_logits(model, rows: Sequence[np.ndarray], batch_size: int = 128) -> 
         out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].double())  # (b,)
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties). scores, labels (N,) -> float."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).astype(bool)
-    n1, n0 = int(labels.sum()), int((~labels).sum())
-    if n1 == 0 or n0 == 0:
-        raise ValueError("auroc: labels must contain both classes")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def heldout_figures(logits: np.ndarray, labels: np.ndarray) -> dict:
