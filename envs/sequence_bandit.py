@@ -55,7 +55,8 @@ class SequenceBanditEnv(VectorEnv):
         self._timeout_s = None if timeout is None else float(timeout)
         self._scorer = None
         # Prompts (tasks with task.prompt_length P > 0): each group of G consecutive sub-environments gets one
-        # prompt, drawn from the task's training prompts with this env's (seeded) random generator.
+        # prompt, drawn from the task's training prompts (or the config's prompts_file) with this env's (seeded)
+        # random generator.
         self.prompt_length = int(getattr(self.task, "prompt_length", 0) or 0)
         self.group_size = int(config.get("group_size", 1))
         self._prompts = None
@@ -65,7 +66,13 @@ class SequenceBanditEnv(VectorEnv):
                 raise ValueError(
                     f"num_envs={self.num_envs} must be a multiple of group_size={self.group_size}"
                 )
-            self._prompts = np.asarray(self.task.prompts("train"), dtype=np.float32)  # (num_prompts, P)
+            if config.get("prompts_file"):  # the user's own prompts (checked by SEPOConfig.validate)
+                from sepo_ray.evaluation import read_prompt_file
+
+                prompts = self.task.encode_prompts(read_prompt_file(config["prompts_file"]))
+            else:
+                prompts = self.task.prompts("train")
+            self._prompts = np.asarray(prompts, dtype=np.float32)  # (num_prompts, P)
         self.single_observation_space = gym.spaces.Box(0.0, np.inf, (2 + self.prompt_length,), np.float32)
         self.single_action_space = gym.spaces.MultiDiscrete(np.full(self.length, self.num_tokens))
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)

@@ -4,8 +4,11 @@
 
 Rows: each ``--model`` (``pretrained``, a generator ``.safetensors`` file, or a directory holding one; repeat the
 flag or separate with commas) sampled with the T-step sampler once per seed, plus the task's reference rows of
-real data, drawn once per seed. Refused before any sampling, with one line: a ``--model`` whose weights are not
-all finite, a ``--num-samples`` above a reference set's size, an ``--output`` that is a file.
+real data, drawn once per seed. A task with prompts completes, at each seed, the same held-out prompts in every
+row; ``--prompts FILE`` (one prompt per line) draws them from the user's prompts instead (then without the
+reference rows, which continue held-out prompts). Refused before any sampling, with one line: a ``--model`` whose
+weights are not all finite, a ``--num-samples`` above a reference set's size, an ``--output`` that is a file, a
+``--prompts`` file that is missing, empty, or holds an empty prompt or one longer than the task's prompt context.
 
 Writes to DIR:
 
@@ -13,7 +16,8 @@ Writes to DIR:
   0 for one seed) over seeds of the task's metrics;
 - ``table.md``: the same as a Markdown table, "mean (std)";
 - ``<score>.png``: violin plot of the task's plotted per-sequence score for every row, all seeds pooled;
-- ``samples.parquet``: one line per sequence: row, seed, sequence and the per-sequence scores;
+- ``samples.parquet``: one line per sequence: row, seed, (a task with prompts) prompt and completion, sequence
+  (the whole text) and the per-sequence scores;
 - ``run.json``: arguments, wall and CPU time.
 
 ``python -m sepo_ray.evaluate TASK --compare DIR [...]`` is ``python -m sepo_ray.compare TASK --output DIR [...]``.
@@ -36,6 +40,7 @@ from .evaluation import (
     format_table,
     load_generator,
     probe_references,
+    read_prompt_file,
     reference_row,
     write_outputs,
 )
@@ -86,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         "--elbo-steps", type=int, default=None, help="ELBO steps of the likelihood (default: the task's)"
     )
     parser.add_argument("--no-references", action="store_true", help="skip the task's rows of real data")
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="prompts to complete, one per line (a task with prompts; default: its held-out prompts)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (1 is faster on a busy machine)"
@@ -105,11 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         task = get_task(args.task)
     except ValueError as e:
         parser.error(str(e))
+    prompts = None
+    if args.prompts is not None:
+        try:
+            prompts = task.encode_prompts(read_prompt_file(args.prompts))  # (K, P)
+        except ValueError as e:
+            print(f"error: --prompts {args.prompts}: {e}", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     t0, c0 = time.perf_counter(), time.process_time()
     models = split_list(args.model) or ["pretrained"]
-    references = {} if args.no_references else task.reference_rows()
+    references = {} if args.no_references or prompts is not None else task.reference_rows()
     rows: dict[str, RowSpec] = {}
     for m in models:
         name = "pretrained" if m == "pretrained" else Path(m).stem if Path(m).is_file() else Path(m).name
@@ -126,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     for ref, draw in references.items():
         rows[ref] = reference_row(draw, args.num_samples, (seeds[0], probed[ref]))
     scorer = task.scorer(device=args.device, elbo_steps=args.elbo_steps)
-    metrics, samples = evaluate_rows(task, rows, seeds, args.num_samples, args.steps, scorer)
+    metrics, samples = evaluate_rows(task, rows, seeds, args.num_samples, args.steps, scorer, prompts=prompts)
     wall = time.perf_counter() - t0
     info = {
         "task": args.task,
@@ -135,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": seeds,
         "steps": args.steps,
         "elbo_steps": args.elbo_steps,
+        "prompts": str(args.prompts) if args.prompts is not None else None,
         "device": args.device,
         "threads": torch.get_num_threads(),
         "wall_s": round(wall, 1),

@@ -5,10 +5,17 @@ for every seed), a ``{seed: sequences}`` mapping or a callable ``seed -> sequenc
 (:meth:`sepo_ray.tasks.Task.scorer`) gives the per-sequence scores and the set-level metrics with their
 labels; :func:`evaluate_rows` returns the metrics as mean and sample standard deviation over seeds, and every
 sequence with its scores. ``evaluate`` and ``compare`` are command lines over these functions.
+
+For a task with prompts every generator row at a seed completes the same prompts
+(:meth:`~sepo_ray.tasks.Task.evaluation_prompts`), each sequence is split into its prompt and completion
+(:meth:`~sepo_ray.tasks.Task.split_prompt`), and a paired score compares two rows sequence by sequence only where
+they complete the same prompts (:func:`win_rates`).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -55,6 +62,25 @@ def load_generator(task: Task, path_or_name: str | Path = "pretrained", device="
     return model
 
 
+def read_prompt_file(path: str | Path) -> list[str]:
+    """A user's prompts, one per line (UTF-8; trailing white space and the line break are not part of the
+    prompt: a GPT-2 prompt ending in a space would be followed by unnatural tokens). ValueError for a file
+    that does not exist or cannot be read, or one that holds no line; a blank line is an empty prompt (the task's
+    ``encode_prompts`` refuses it, naming its number)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"prompt file {path} does not exist" if not path.exists() else f"{path} is not a file"
+        )
+    try:
+        lines = [line.rstrip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"prompt file {path} cannot be read: {e}") from None
+    if not lines:
+        raise ValueError(f"prompt file {path} is empty: write one prompt per line")
+    return lines
+
+
 def probe_references(
     references: Mapping[str, Callable[[int, int], Sequence[str]]], seed: int, num_samples: int
 ) -> dict[str, list[str]]:
@@ -86,10 +112,19 @@ def reference_row(
 
 
 def _row_sequences(
-    task: Task, spec: RowSpec, seed: int, num_samples: int, steps: int, batch_size: int, progress
+    task: Task,
+    spec: RowSpec,
+    seed: int,
+    num_samples: int,
+    steps: int,
+    batch_size: int,
+    progress,
+    prompt: torch.Tensor | None = None,
 ) -> list[str]:
     if isinstance(spec, nn.Module):
-        return task.sample(spec, num_samples, steps, seed=seed, batch_size=batch_size, progress=progress)
+        return task.sample(
+            spec, num_samples, steps, seed=seed, batch_size=batch_size, progress=progress, prompt=prompt
+        )
     if isinstance(spec, Mapping):
         return list(spec[seed])
     if callable(spec):
@@ -110,8 +145,10 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof 1; 0 for one value)."""
+    """Mean and sample standard deviation (ddof 1; 0 for one value; both NaN for none)."""
     arr = np.asarray(values, dtype=np.float64)
+    if not len(arr):
+        return {"mean": math.nan, "std": math.nan}
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
 
 
@@ -124,11 +161,14 @@ def evaluate_rows(
     scorer: Scorer | None = None,
     progress: bool = True,
     batch_size: int = 320,
+    prompts: torch.Tensor | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Metrics of every row over seeds, and all sequences with their scores.
 
+    ``prompts`` (K, P): the pool a task with prompts draws each seed's prompts from (default its held-out prompts).
     Returns (metrics {row: {metric: {"mean", "std"}}} in the scorer's metric order, DataFrame with columns row,
-    seed, sequence and the scorer's per-sequence scores).
+    seed, for a task with prompts prompt and completion, sequence (the whole text) and the scorer's per-sequence
+    scores).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -139,6 +179,8 @@ def evaluate_rows(
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
     scorer = scorer or task.scorer()
+    prompted = bool(task.prompt_length)
+    pass_prompts = prompted and "prompts" in inspect.signature(scorer.scores).parameters
     calls_per_sample = -(-num_samples // batch_size)  # sampler batches per row and seed
     outer = tqdm(total=len(rows) * len(seeds), desc="evaluate", unit="set", disable=not progress)
     per_row: dict[str, list[dict]] = {}
@@ -159,11 +201,17 @@ def evaluate_rows(
             def tick(done: int, total: int, inner=inner) -> None:
                 inner.update(done - inner.n)
 
-            seqs = _row_sequences(task, spec, seed, num_samples, steps, batch_size, tick)
+            cond = task.evaluation_prompts(seed, num_samples, prompts) if prompted else None  # (N, P)
+            seqs = _row_sequences(task, spec, seed, num_samples, steps, batch_size, tick, cond)
             inner.close()
-            scores = scorer.scores(seqs, seed=seed)
+            texts = {}
+            if prompted:
+                given = cond if cond is not None and len(cond) == len(seqs) else None
+                texts["prompt"], texts["completion"] = task.split_prompt(seqs, given)
+            extra = {"prompts": texts["prompt"]} if pass_prompts else {}
+            scores = scorer.scores(seqs, seed=seed, **extra)
             per_row[name].append(scorer.summarize(scores, seqs))
-            frames.append(pd.DataFrame({"row": name, "seed": seed, "sequence": seqs, **scores}))
+            frames.append(pd.DataFrame({"row": name, "seed": seed, **texts, "sequence": seqs, **scores}))
             outer.update(1)
     outer.close()
     metrics = {
@@ -173,22 +221,30 @@ def evaluate_rows(
     samples = pd.concat(frames, ignore_index=True)
     if getattr(scorer, "paired_score", None) and "pretrained" in rows:
         for name in rows:
-            metrics[name]["win_rate"] = mean_std(win_rates(samples, name, "pretrained", scorer.paired_score))
+            wins = win_rates(samples, name, "pretrained", scorer.paired_score)
+            if wins:  # a row that does not pair with the pretrained one has no win rate
+                metrics[name]["win_rate"] = mean_std(wins)
     return metrics, samples
 
 
 def win_rates(samples: pd.DataFrame, row: str, baseline: str, score: str) -> list[float]:
     """Per seed, the paired win rate of ``row`` over ``baseline`` under ``score``: sequence i of a seed against
-    sequence i of the baseline at that seed (the same prompt), ties counting half."""
+    sequence i of the baseline at that seed, ties counting half.
+
+    The pairs must be pairs: with a ``prompt`` column, sequence i of both rows must complete the same prompt.
+    A row that does not pair with the baseline at every seed (other prompts, another count of sequences, a seed
+    the baseline lacks) has no paired win rate: [] is returned rather than an unpaired comparison.
+    """
     out = []
+    base_rows = samples[samples["row"] == baseline]
     for seed, group in samples[samples["row"] == row].groupby("seed", sort=True):
-        base = samples[(samples["row"] == baseline) & (samples["seed"] == seed)][score].to_numpy()
-        a = group[score].to_numpy()
-        if len(a) != len(base):
-            raise ValueError(
-                f"win rate of {row} over {baseline}: {len(a)} vs {len(base)} sequences at seed {seed}"
-            )
-        out.append(float(np.mean((a > base) + 0.5 * (a == base))))
+        base = base_rows[base_rows["seed"] == seed]
+        if len(group) != len(base):
+            return []
+        if "prompt" in samples and not np.array_equal(group["prompt"].to_numpy(), base["prompt"].to_numpy()):
+            return []
+        a, b = group[score].to_numpy(), base[score].to_numpy()
+        out.append(float(np.mean((a > b) + 0.5 * (a == b))))
     return out
 
 
@@ -206,7 +262,11 @@ def format_table(
         cells = []
         for key in keys:
             d = (digits or {}).get(key, 3)
-            cells.append(f"{row[key]['mean']:.{d}f} ({row[key]['std']:.{d}f})")
+            value = row.get(key, {"mean": math.nan, "std": math.nan})
+            if not math.isfinite(value["mean"]):  # not measured for this row (e.g. an unpaired win rate)
+                cells.append("—")
+            else:
+                cells.append(f"{value['mean']:.{d}f} ({value['std']:.{d}f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -112,8 +112,9 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "objective",
             "sepo",
             "str",
-            "'sepo' (score-entropy loss) or 'trajectory' (DDPO/d1-style baseline on path log-probs)",
-            choices=("sepo", "trajectory"),
+            "'sepo' (score-ratio loss at the clean x, t ~ 0), 'sepo_t' (the same at noised states x_t of x, "
+            "every noise level of the sampler) or 'trajectory' (DDPO/d1-style baseline on path log-probs)",
+            choices=("sepo", "sepo_t", "trajectory"),
         ),
         _s(
             "clip_eps",
@@ -129,7 +130,8 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "kl_alpha",
             1.0,
             "float",
-            "weight alpha of KL(pi_theta || pi_pretrained) (App. D.2); 0 disables it",
+            "weight alpha of the path KL(pi_theta || pi_pretrained) (App. D.2) against the advantage, per sequence; "
+            "the same scale for every objective (loss = mean_x (J_x + alpha KL_x) / C_x); 0 disables it",
             low=0.0,
         ),
         _s(
@@ -165,6 +167,13 @@ SEPO_SETTINGS: dict[str, Setting] = {
             low=1,
         ),
         _s(
+            "prompts_file",
+            None,
+            "str",
+            "a task with prompts: train on these prompts (UTF-8, one per line) instead of the task's own; None = the task's",
+            nullable=True,
+        ),
+        _s(
             "neighbour_positions",
             2,
             "int",
@@ -193,8 +202,33 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "advantage",
             "grpo",
             "str",
-            "'grpo' (group-standardised reward) or 'ppo' (reward minus a learned baseline)",
-            choices=("grpo", "ppo"),
+            "'grpo' (group-standardised reward), 'ppo' (reward minus a running-mean baseline) or 'critic' "
+            "(reward minus a value network V(prompt) fitted by MSE, PPO actor-critic, App. B.1/E.1)",
+            choices=("grpo", "ppo", "critic"),
+        ),
+        _s(
+            "critic_hidden",
+            32,
+            "int",
+            "advantage 'critic': width of the value network on the prompt (a scalar without prompts)",
+            "units",
+            low=1,
+        ),
+        _s(
+            "critic_lr",
+            1e-2,
+            "float",
+            "advantage 'critic': Adam learning rate of the value network",
+            low=0.0,
+            low_open=True,
+        ),
+        _s(
+            "critic_steps",
+            16,
+            "int",
+            "advantage 'critic': full-batch Adam steps on the value MSE per iteration",
+            "steps per iteration",
+            low=1,
         ),
         _s(
             "kl_steps",
@@ -202,6 +236,14 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "int",
             "sampler steps per trajectory on which the path KL is evaluated (unbiased subsample)",
             "steps",
+            low=1,
+        ),
+        _s(
+            "noise_states",
+            2,
+            "int",
+            "objective 'sepo_t': noised states x_t of each sample (sampler steps drawn uniformly) per update",
+            "states",
             low=1,
         ),
         _s(

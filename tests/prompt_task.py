@@ -22,6 +22,18 @@ class EchoTask(ToyTask):
     prompt_length = 4
     default_reward = "tests.prompt_task:echo"
 
+    def encode_prompts(self, texts) -> torch.Tensor:
+        texts = list(texts)
+        for i, text in enumerate(texts, start=1):
+            if not text.strip():
+                raise ValueError(f"prompt {i} is empty")
+            if len(text) > self.prompt_length or set(text) - set("ACGT"):
+                raise ValueError(f"prompt {i} must be 1-{self.prompt_length} letters of ACGT: {text!r}")
+        out = torch.full((len(texts), self.prompt_length), self.num_tokens, dtype=torch.long)
+        for i, p in enumerate(texts):
+            out[i, : len(p)] = torch.tensor(["ACGT".index(c) for c in p])
+        return out
+
     def prompts(self, split: str = "train") -> torch.Tensor:
         out = torch.full((len(PROMPTS), self.prompt_length), self.num_tokens, dtype=torch.long)  # MASK-padded
         for i, p in enumerate(PROMPTS):

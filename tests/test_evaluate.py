@@ -110,11 +110,15 @@ def test_generic_scorer_table_and_paired_win_rates(tmp_path):
     task = get_task("toy")
     scorer = task.scorer()
     rows = {"pretrained": task.build_denoiser(), "all_a": ["A" * 16] * 5}
-    metrics, samples = evaluation.evaluate_rows(task, rows, seeds=(0, 1), num_samples=5, steps=2, scorer=scorer)
+    metrics, samples = evaluation.evaluate_rows(
+        task, rows, seeds=(0, 1), num_samples=5, steps=2, scorer=scorer
+    )
     assert metrics["all_a"]["reward_mean"] == {"mean": 1.0, "std": 0.0} and "win_rate" not in metrics["all_a"]
     out = evaluation.write_outputs(tmp_path / "toy", metrics, samples, scorer)
     assert "| all_a | 1.000 (0.000) |" in (out / "table.md").read_text()
     scorer.paired_score = "reward"  # the instance only: pair each sequence with the pretrained one
-    metrics, samples = evaluation.evaluate_rows(task, rows, seeds=(0, 1), num_samples=5, steps=2, scorer=scorer)
+    metrics, samples = evaluation.evaluate_rows(
+        task, rows, seeds=(0, 1), num_samples=5, steps=2, scorer=scorer
+    )
     assert metrics["all_a"]["win_rate"]["mean"] == 1.0 and metrics["pretrained"]["win_rate"]["mean"] == 0.5
     assert "win rate vs pretrained" in evaluation.format_table(metrics, scorer.metric_labels)

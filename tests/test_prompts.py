@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -42,7 +43,9 @@ def test_sampler_clamps_the_prompt_and_scores_only_the_completion():
         prompt=prompt[:4],
         record_path=True,
     )
-    torch.testing.assert_close(diffusion.score_path(model, rec.path).double(), rec.log_prob, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        diffusion.score_path(model, rec.path).double(), rec.log_prob, rtol=0, atol=1e-5
+    )
     with pytest.raises(ValueError, match="corrector_steps must be 0 with a prompt"):
         diffusion.sample(model, 16, task.length, 4, corrector_steps=1, prompt=prompt)
 
@@ -89,6 +92,43 @@ def test_env_gives_each_group_one_prompt():
     assert np.array_equal(obs[0, 2:], np.asarray(get_task(ECHO).prompts()[int(obs[0, 1])], dtype=np.float32))
     with pytest.raises(ValueError, match="multiple of group_size"):
         SequenceBanditEnv({"task": ECHO, "num_envs": 6, "group_size": 4, "reward": "tests.prompt_task:echo"})
+
+
+def test_env_trains_on_a_prompts_file_and_bad_files_fail_before_ray(tmp_path, capsys):
+    from sepo_ray.envs import SequenceBanditEnv
+    from sepo_ray.run import main
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("GG\nT\n")
+    env = SequenceBanditEnv(
+        {
+            "task": ECHO,
+            "num_envs": 8,
+            "group_size": 4,
+            "reward": "tests.prompt_task:echo",
+            "prompts_file": str(path),
+        }
+    )
+    obs, _ = env.reset(seed=0)
+    mask = float(get_task(ECHO).num_tokens)
+    allowed = {(2.0, 2.0, mask, mask), (3.0, mask, mask, mask)}  # GG and T, MASK-padded
+    assert {tuple(row) for row in obs[:, 2:].tolist()} <= allowed
+    cases = {
+        str(tmp_path / "nope.txt"): "prompt file .*nope.txt does not exist",
+        str(tmp_path / "empty.txt"): "is empty: write one prompt per line",
+        str(tmp_path / "blank.txt"): "prompt 2 is empty",
+        str(tmp_path / "long.txt"): "prompt 1 must be 1-4 letters",
+    }
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("AC\n   \n")
+    (tmp_path / "long.txt").write_text("ACGTA\n")
+    for bad, message in cases.items():
+        assert main([ECHO, "--output", str(tmp_path / "out"), "--set", f"prompts_file={bad}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(message, err[0]), err
+    assert main(["toy", "--output", str(tmp_path / "out"), "--set", f"prompts_file={path}"]) == 2
+    assert "takes no prompts" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 SMALL = ["--set", "prompts_per_batch=2", "--set", "group_size=4", "--set", "denoise_steps=4", "--no-eval"]

@@ -91,11 +91,18 @@ def test_smoke_loss_finite_params_move_reward_rises(ray_session):
     "variant",
     [
         dict(objective="trajectory"),
+        dict(objective="sepo_t", noise_states=3),
         dict(corrector_steps=1),
         dict(snis_samples=0, score_estimator="clean", neighbour_positions=None),
         dict(advantage="ppo"),
     ],
-    ids=["trajectory-baseline", "gradient-flow", "clean-noSNIS-allpositions", "ppo-advantage"],
+    ids=[
+        "trajectory-baseline",
+        "sepo-every-noise-level",
+        "gradient-flow",
+        "clean-noSNIS-allpositions",
+        "ppo-advantage",
+    ],
 )
 def test_variants_train(ray_session, variant):
     algo = toy_config(**variant).build_algo()

@@ -33,6 +33,7 @@ from sepo_ray.sweep import (
 ROOT = Path(__file__).resolve().parents[1]
 CPU_FILE = ROOT / "tune_configs" / "cpu_small.yaml"
 CLUSTER_FILE = ROOT / "tune_configs" / "cluster_paper.yaml"
+TEXT_FILE = ROOT / "tune_configs" / "text_small.yaml"
 FIELDS = frozenset(set(SETTINGS) | {"step_cost_s", "marker_dir", "driver_pid", "interrupt_at", "fail_at"})
 
 
@@ -601,6 +602,21 @@ def test_dry_run_of_the_shipped_cpu_sweep_passes(tmp_path, monkeypatch, capsys):
     _no_ray(monkeypatch)
     assert sweep.main([str(CPU_FILE), "--dry-run"]) == 0
     assert "GPUs: a trial asks for at most 0; resources.num_gpus is 0" in capsys.readouterr().out
+
+
+def test_text_sweep_file_parses_fits_two_cores_and_passes_its_dry_run(monkeypatch, capsys):
+    from sepo_ray.rllib import SEPOConfig
+
+    spec = load_sweep_spec(TEXT_FILE)
+    sweep.check_against_config(spec, SEPOConfig)
+    assert spec.base_config["task"] == "text" and set(spec.searched_fields) == {"kl_alpha", "lr"}
+    assert spec.select_metric == "sepo/heldout_score" and "sepo/heldout_realism" in spec.select_min
+    assert spec.resources == {"num_cpus": 2, "num_gpus": 0} and spec.max_concurrent_trials <= 2
+    rounds = math.ceil(spec.num_trials / spec.max_concurrent_trials)
+    assert rounds * spec.scheduler.max_t <= 600 and spec.time_budget_s <= 15 * 60
+    _no_ray(monkeypatch)
+    assert sweep.main([str(TEXT_FILE), "--dry-run"]) == 0
+    assert "searching kl_alpha, lr" in capsys.readouterr().out
 
 
 def test_dry_run_refuses_a_trial_that_needs_more_gpus_than_there_are(tmp_path, monkeypatch, capsys):

@@ -10,7 +10,8 @@ target law) it reports
   "<score>/<pi_hat>/<neighbours>": score in {clean, conditional, exact_ratio}, pi_hat in {none (single
   parent q(y|x)), snisM, exact_pi, uniform}, neighbours in {all (Hamming-1), k2 (K = 2 positions, weight
   L/K), every (all y != x, exact rows only)}; "reinforce_traj" = sum over the sampler's recorded steps of
-  grad log p_theta(transition) (DDPO / d1). Advantages: leave-one-out baseline over the batch,
+  grad log p_theta(transition) (DDPO / d1); "sepo_t/sS" = SEPO at every noise level (objective sepo_t) with S
+  noised states per x, "sepo_t/every_state" = the same averaged exactly over all its states (A grad ELBO_T(x)). Advantages: leave-one-out baseline over the batch,
   A_i = R_i - mean_{j != i} R_j (unbiased; GRPO's std scaling only rescales). Off-policy: one Adam step
   (lr 0.005, mean |log pi_theta(x)/pi_old(x)| about 0.1) on the exact objective moves theta_old to theta; x
   and paths come from theta_old, the ratio is clipped at eps = 0.2 (App. B.1 coefficient) and the target is the
@@ -131,9 +132,33 @@ def estimator_rows(cfg: dict):
         "exact_ratio/snis4/all",
         "conditional/exact_pi/all",
         "exact_ratio/exact_pi/every",
+        "sepo_t/s1",
+        "sepo_t/s4",
+        "sepo_t/every_state",
         "reinforce_traj",
     ]
     return rows
+
+
+def _all_elbo_states(x, steps: int, mask_id: int):
+    """Every (step k, mask) state of the T-step ELBO's variational path for each x, with its exact weight
+    P(mask | k) * p_k (the estimator of ``diffusion.elbo_states`` averaged exactly). -> (N, T 2^L, L), (N, T 2^L)."""
+    from sepo_ray.diffusion import LogLinearSchedule, unmask_probability
+
+    schedule = LogLinearSchedule()
+    n, length = x.shape
+    masks = ((torch.arange(2**length)[:, None] >> torch.arange(length)[None, :]) & 1).bool()  # (2^L, L)
+    a_one = float(schedule.alpha(1.0))
+    states, weights = [], []
+    for k in range(1, steps + 1):
+        q = (1.0 - float(schedule.alpha(k / steps))) / (1.0 - a_one)
+        prob = (q ** masks.sum(1)) * ((1.0 - q) ** (~masks).sum(1))  # (2^L,)
+        p_k = unmask_probability(schedule, k / steps, (k - 1) / steps)
+        states.append(
+            torch.where(masks[None], torch.full_like(x[:, None], mask_id), x[:, None])
+        )  # (N, 2^L, L)
+        weights.append((p_k * prob.double())[None].expand(n, -1))
+    return torch.cat(states, 1), torch.cat(weights, 1)
 
 
 def estimator_gradient(
@@ -167,6 +192,20 @@ def estimator_gradient(
         r = torch.exp(log_p.detach() - batch.log_prob)  # (N,)
         coef = torch.minimum(r.clamp(1 - eps, 1 + eps) * advantages, r * advantages)  # (N,)
         return -flat_grad(-(coef * log_p).mean(), params)
+    if name.startswith("sepo_t/"):  # SEPO at every noise level: states of the ELBO's variational path
+        from sepo_ray.diffusion import elbo_states, elbo_token_log_probs
+        from sepo_ray.sepo import noised_sepo_loss
+
+        kind = name.split("/")[1]
+        if kind == "every_state":
+            states, weights = _all_elbo_states(x, cfg["steps"], m)
+        else:
+            states, weights = elbo_states(x, cfg["steps"], int(kind.removeprefix("s")), m, generator=gen)
+        lp = elbo_token_log_probs(model, x, states, m)
+        with torch.no_grad():
+            lp_old = elbo_token_log_probs(old, x, states, m)
+        loss, _ = noised_sepo_loss(lp, lp_old, states == m, weights, advantages, eps)
+        return -flat_grad(loss, params)
     score, pi_kind, nb = name.split("/")
     if nb == "every":  # all y != x, exact quantities
         log_pi, log_pi_old = toy.log_pi(), toy_old.log_pi().detach()

@@ -7,7 +7,7 @@ Pure torch/numpy; no Ray.
 """
 
 from . import score_entropy
-from .elbo import elbo, mdlm_loss
+from .elbo import elbo, elbo_states, elbo_token_log_probs, mdlm_loss
 from .process import MaskingProcess, q_sample
 from .sampler import (
     CorrectorResult,
@@ -38,6 +38,8 @@ __all__ = [
     "StepResult",
     "corrector_step",
     "elbo",
+    "elbo_states",
+    "elbo_token_log_probs",
     "mdlm_loss",
     "path_ops",
     "q_sample",

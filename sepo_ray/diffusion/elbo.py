@@ -83,3 +83,66 @@ def elbo(
         ll = logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (N, L)
         total = total + unmask_probability(schedule, t, s) * (ll * (z == mask_id)).sum(dim=-1)  # (N,)
     return total
+
+
+def elbo_states(
+    x0: Tensor,
+    steps: int,
+    num_states: int,
+    mask_id: int,
+    schedule: LogLinearSchedule | None = None,
+    generator: torch.Generator | None = None,
+    free: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """S noised states of each x0 from the T-step ELBO's variational path (see :func:`elbo`), for a Monte Carlo
+    estimate of ELBO_T(x0) and of its gradient with S model calls instead of T.
+
+    For each sequence S sampler steps k are drawn uniformly from 1..T (independently, with replacement) and
+    z ~ q_{t_k}(.|x0) masks each free position independently w.p. (1 - alpha(t_k)) / (1 - alpha(1)); prompt
+    positions (``free`` False) stay clean. With :func:`elbo_terms`,
+
+        ELBO_T(x0) = E[ (T / S) sum_s p_{k_s} sum_{l: z_{s,l} = M} log p_theta(x0_l | z_s) ]     (unbiased)
+
+    x0 (N, L) long, free (N, L) bool or None -> states (N, S, L) long, step weights (T / S) p_{k_s} (N, S)
+    float64. Random numbers: the steps, then the masks.
+    """
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must have shape (N, L), got {tuple(x0.shape)}")
+    if steps < 1 or num_states < 1:
+        raise ValueError(f"steps and num_states must be >= 1, got {steps}, {num_states}")
+    schedule = schedule if schedule is not None else LogLinearSchedule()
+    n, length = x0.shape
+    device = x0.device
+    k = torch.randint(1, steps + 1, (n, num_states), generator=generator, device=device)  # (N, S)
+    a_one = float(schedule.alpha(1.0))
+    move = torch.tensor(
+        [0.0] + [(1.0 - float(schedule.alpha(j / steps))) / (1.0 - a_one) for j in range(1, steps + 1)],
+        dtype=torch.float64,
+        device=device,
+    )  # (T + 1,) P(masked at t_k)
+    p_unmask = torch.tensor(
+        [0.0] + [unmask_probability(schedule, j / steps, (j - 1) / steps) for j in range(1, steps + 1)],
+        dtype=torch.float64,
+        device=device,
+    )  # (T + 1,)
+    u = torch.rand((n, num_states, length), generator=generator, device=device, dtype=torch.float64)
+    masked = u < move[k].unsqueeze(-1)  # (N, S, L)
+    if free is not None:
+        masked = masked & free.bool().unsqueeze(1)
+    states = torch.where(
+        masked, torch.full_like(masked, mask_id, dtype=x0.dtype), x0.unsqueeze(1)
+    )  # (N, S, L)
+    return states, p_unmask[k] * (steps / num_states)  # (N, S, L), (N, S)
+
+
+def elbo_token_log_probs(model, x0: Tensor, states: Tensor, mask_id: int | None = None) -> Tensor:
+    """log p_theta(x0_l | z_s) at every masked position of the states, 0 elsewhere (one model call per state).
+
+    x0 (N, L), states (N, S, L) -> (N, S, L) float, differentiable.
+    """
+    n, num_states, length = states.shape
+    mask_id = _mask_id(model) if mask_id is None else mask_id
+    logp = _log_softmax(model(states.reshape(n * num_states, length)))  # (N S, L, m)
+    target = x0.unsqueeze(1).expand(n, num_states, length).reshape(n * num_states, length, 1)
+    ll = logp.gather(-1, target).reshape(n, num_states, length)  # (N, S, L)
+    return torch.where(states == mask_id, ll, torch.zeros_like(ll))  # (N, S, L)

@@ -3,7 +3,9 @@
 Rollout workers (EnvRunners) hold theta_old and run the whole T-step sampler inside the RLModule; their
 environment sends each batch of sequences to the reward-oracle actors in ONE call. The algorithm then turns
 rewards into advantages where every GRPO group is whole (here, before the data is split across learners),
-the learner group runs K epochs of the SEPO loss, and the new weights are broadcast to the workers.
+the learner group runs K epochs of the SEPO loss, and the new weights are broadcast to the workers. With
+``advantage="critic"`` the driver also holds the value network V(prompt) (:class:`sepo_ray.sepo.Critic`): it
+reads each episode's prompt from its first observation, scores the batch, then fits V on it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,17 @@ class SEPO(Algorithm):
         cfg = self.config
         self._reward_pool = None
         self._baseline = None  # PPO: learned scalar value of the (single-state) bandit
+        self._critic = None  # actor-critic: V_phi(prompt) and its optimiser (App. B.1, App. E.1)
+        if cfg.advantage == "critic":
+            task = cfg.task_spec()
+            self._critic = sepo.Critic(
+                task.num_tokens,
+                int(getattr(task, "prompt_length", 0) or 0),
+                hidden=int(cfg.critic_hidden),
+                lr=float(cfg.critic_lr),
+                steps=int(cfg.critic_steps),
+                seed=int(cfg.seed or 0),
+            )
         if cfg.oracle_actors > 0:
             spec = cfg.reward or cfg.task_spec().default_reward
             self._reward_pool = RewardPool(
@@ -121,7 +134,7 @@ class SEPO(Algorithm):
 
         # 2. Score: rewards (already computed by the oracle actors inside the env step) -> advantages.
         rewards = self._check_rewards(episodes)
-        advantages = self._advantages(episodes, rewards)
+        advantages, advantage_stats = self._advantages(episodes, rewards)
         for episode, a in zip(episodes, advantages):
             episode.custom_data["advantage"] = float(a)
 
@@ -147,7 +160,7 @@ class SEPO(Algorithm):
                 from_worker_or_learner_group=self.learner_group, policies=modules, inference_only=True
             )
 
-        self._log_sepo_metrics(rewards, learner_results)
+        self._log_sepo_metrics(rewards, learner_results, advantage_stats)
         if cfg.heldout_eval_interval and (self.training_iteration + 1) % cfg.heldout_eval_interval == 0:
             for name, value in self.heldout_metrics().items():
                 self.metrics.log_value((SEPO_KEY, name), value, window=1)
@@ -165,15 +178,19 @@ class SEPO(Algorithm):
             )
         return rewards
 
-    def _advantages(self, episodes, rewards: np.ndarray) -> np.ndarray:
+    def _advantages(self, episodes, rewards: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Advantages (N,) float64 in episode order, and stats to log (the critic's; {} otherwise)."""
         cfg = self.config
+        if cfg.advantage == "critic":
+            # A = R - V_phi(prompt), V_phi before this batch's fit; then V_phi is fitted by MSE. App. B.1, E.1
+            advantages, stats = self._critic.advantages(_prompts(episodes), torch.as_tensor(rewards))
+            return advantages.numpy(), {f"critic_{k}": v for k, v in stats.items()}
         if cfg.advantage == "ppo":
             # A = R - V with V the learned value of the single bandit state (running mean of rewards).
             baseline = float(rewards.mean()) if self._baseline is None else self._baseline
             self._baseline = 0.9 * baseline + 0.1 * float(rewards.mean())
-            return sepo.ppo_advantages(
-                torch.as_tensor(rewards), torch.full_like(torch.as_tensor(rewards), baseline)
-            ).numpy()
+            r = torch.as_tensor(rewards)
+            return sepo.ppo_advantages(r, torch.full_like(r, baseline)).numpy(), {}
         group_ids = np.array([int(e.get_extra_model_outputs("group_id", -1)) for e in episodes])
         order = np.argsort(group_ids, kind="stable")
         _, counts = np.unique(group_ids[order], return_counts=True)
@@ -184,9 +201,9 @@ class SEPO(Algorithm):
         adv_sorted = sepo.group_advantages(torch.as_tensor(rewards[order]), cfg.group_size).numpy()
         advantages = np.empty_like(adv_sorted)
         advantages[order] = adv_sorted
-        return advantages
+        return advantages, {}
 
-    def _log_sepo_metrics(self, rewards: np.ndarray, learner_results) -> None:
+    def _log_sepo_metrics(self, rewards: np.ndarray, learner_results, extra: dict[str, float]) -> None:
         res = learner_results[0].get(DEFAULT_MODULE_ID, {}) if learner_results else {}
 
         def last(key):
@@ -200,6 +217,7 @@ class SEPO(Algorithm):
             "reward_max": float(rewards.max()),
             "kl": last("kl"),
             "clip_frac": last("clip_frac"),
+            **extra,
         }.items():
             self.metrics.log_value((SEPO_KEY, key), value, window=1)
 
@@ -234,10 +252,12 @@ class SEPO(Algorithm):
 
     # ---------------------------------------------------------------------------------- checkpointing
     def get_state(self, *args, **kwargs):
-        """RLlib's state plus SEPO's own: the PPO baseline and the random-number state of every sampler and
-        learner, so that a resumed run draws what the uninterrupted run would have drawn."""
+        """RLlib's state plus SEPO's own: the PPO baseline, the critic (weights and Adam moments) and the
+        random-number state of every sampler and learner, so that a resumed run draws what the uninterrupted
+        run would have drawn."""
         state = super().get_state(*args, **kwargs)
         state["sepo_baseline"] = self._baseline
+        state["sepo_critic"] = self._critic.get_state() if self._critic is not None else None
         state["sepo_rng"] = {
             "runners": dict(self.env_runner_group.foreach_env_runner(_runner_rng_state)),
             "learners": [r.get() for r in self.learner_group.foreach_learner(_learner_rng_state)],
@@ -248,11 +268,21 @@ class SEPO(Algorithm):
         super().set_state(state)
         if "sepo_baseline" in state:
             self._baseline = state["sepo_baseline"]
+        if self._critic is not None and state.get("sepo_critic") is not None:
+            self._critic.set_state(state["sepo_critic"])
         rng = state.get("sepo_rng")
         if rng:
             self.env_runner_group.foreach_env_runner(partial(_set_runner_rng_state, states=rng["runners"]))
             if rng["learners"]:
                 self.learner_group.foreach_learner(partial(_set_learner_rng_state, state=rng["learners"][0]))
+
+
+def _prompts(episodes) -> torch.Tensor:
+    """Each episode's prompt (N, P) int64, MASK-padded, from its first observation [flag, prompt_id, prompt]."""
+    obs = np.stack([np.asarray(e.get_observations(0), dtype=np.float32) for e in episodes])  # (N, 2 + P)
+    if np.any(obs[:, 0] != 0.0):
+        raise RuntimeError("SEPO: an episode does not start at a reset observation (terminal flag set)")
+    return torch.from_numpy(np.rint(obs[:, 2:])).long()  # (N, P); P = 0 without prompts
 
 
 # Module-level (they travel to remote workers; they must not capture the Algorithm).

@@ -115,7 +115,10 @@ class SEPOConfig(AlgorithmConfig):
         self.train_batch_size = self.batch_sequences
         env_config = dict(self.env_config or {})
         env_config.update(
-            task=self.task, reward_timeout_s=float(self.reward_timeout_s), group_size=int(self.group_size)
+            task=self.task,
+            reward_timeout_s=float(self.reward_timeout_s),
+            group_size=int(self.group_size),
+            prompts_file=self.prompts_file,
         )
         if not env_config.get("reward_pool"):
             env_config["reward"] = self.reward or task.default_reward
@@ -153,6 +156,15 @@ class SEPOConfig(AlgorithmConfig):
                 "corrector_steps",
                 "must be 0 for a task with prompts (the corrector would re-mask the prompt)",
             )
+        if self.prompts_file is not None:
+            if not getattr(task, "prompt_length", 0):
+                bad("prompts_file", f"task {task.name!r} takes no prompts")
+            from sepo_ray.evaluation import read_prompt_file
+
+            try:
+                task.encode_prompts(read_prompt_file(self.prompts_file))
+            except ValueError as e:
+                bad("prompts_file", str(e))
         if self.neighbour_tokens is None and task.num_tokens - 1 > MAX_ALL_TOKENS:
             bad(
                 "neighbour_tokens",

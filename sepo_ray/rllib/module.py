@@ -6,16 +6,23 @@ episode and reaches the learner's train batch. These carry the old-policy quanti
 ONCE, where x was sampled and with the very weights that sampled it (so their cost scales out with the
 rollout workers and the ratio stays right under stale weights):
 
+With objective "sepo" (the Hamming-1 neighbourhood of the clean x):
+
 - ``positions`` (N, K): the Hamming-1 positions subsampled for the loss;
 - ``old_log_scores`` (N, K, m): log s_theta_old(x)_y for those neighbours y;
 - ``old_log_pi_hat`` (N, K, m): log pi_hat_theta_old(y) (SNIS with M samples, or single-sample pi);
 - ``snis_sites`` (N, K, m-1, M): the SNIS re-mask sites, reused by the learner for pi_hat_theta(y) (common
   random numbers: the ratio is exactly 1 at theta = theta_old instead of SNIS noise tripping the clip);
+
+always:
+
 - ``kl_states`` (N, S, L) and ``kl_steps`` (N, S): states of the sampler path for the App. D.2 KL;
 - ``group_id`` (N,): GRPO group of each sequence (G consecutive sub-environments share one);
 - ``sample_log_prob`` (N,): log-probability of the sampler's own path;
 - with ``objective="trajectory"`` (the DDPO / d1-style baseline): ``path_states`` (N, P+1, L) and
   ``old_step_log_prob`` (N, P), the recorded path and its per-transition log-probabilities;
+- with ``objective="sepo_t"`` (SEPO at every noise level): ``noise_states`` (N, S', L), ``noise_weights``
+  (N, S') and ``old_token_log_prob`` (N, S', L), see :func:`sepo_ray.diffusion.elbo_states`;
 - with ``neighbour_tokens`` J set: ``neighbour_tokens`` (N, K, J), the proposed tokens per position;
 - for a task with prompts: ``free`` (N, L) bool, False at the prompt's tokens (clamped context: the loss,
   the SNIS sites and the KL touch only the completion).
@@ -32,17 +39,6 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from sepo_ray import diffusion
 from sepo_ray.sepo import update
-
-EXTRA_KEYS = (
-    "positions",
-    "old_log_scores",
-    "old_log_pi_hat",
-    "snis_sites",
-    "kl_states",
-    "kl_steps",
-    "group_id",
-    "sample_log_prob",
-)
 
 
 def _sampler_seed(seed: int | None) -> int:
@@ -100,6 +96,15 @@ class SEPOTorchRLModule(TorchRLModule):
         if "path_states" in out:  # the trajectory baseline: the whole path and its per-step log-probs
             extra["path_states"] = out["path_states"].to(tokens)  # (N, P + 1, L)
             extra["old_step_log_prob"] = out["old_step_log_prob"]  # (N, P)
+        if "noise_states" in out:  # sepo_t: noised states of x, their ELBO weights and old token log-probs
+            extra["noise_states"] = out["noise_states"].to(tokens)  # (N, S', L)
+            extra["noise_weights"] = out["noise_weights"]  # (N, S')
+            extra["old_token_log_prob"] = out["old_token_log_prob"]  # (N, S', L)
+        if "positions" in out:  # sepo: the Hamming-1 neighbourhood's old-policy quantities
+            extra["positions"] = out["positions"]  # (N, K)
+            extra["old_log_scores"] = out["old_log_scores"]  # (N, K, m)
+            extra["old_log_pi_hat"] = out["old_log_pi_hat"]  # (N, K, m)
+            extra["snis_sites"] = out["snis_sites"].to(torch.int16)  # (N, K, J, M): shared with the learner
         if "neighbour_tokens" in out:
             extra["neighbour_tokens"] = out["neighbour_tokens"]  # (N, K, J)
         if "free" in out:
@@ -107,10 +112,6 @@ class SEPOTorchRLModule(TorchRLModule):
         return {
             **extra,
             Columns.ACTIONS: out["x"],
-            "positions": out["positions"],
-            "old_log_scores": out["old_log_scores"],
-            "old_log_pi_hat": out["old_log_pi_hat"],
-            "snis_sites": out["snis_sites"].to(torch.int16),  # (N, K, J, M): shared with the learner
             "kl_states": out["kl_states"].to(tokens),  # (N, S, L)
             "kl_steps": out["kl_steps"],  # (N, S)
             "group_id": base + torch.arange(num) // self.group_size,  # (N,)

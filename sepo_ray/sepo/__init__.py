@@ -1,12 +1,21 @@
 """Score Entropy Policy Optimization: scores, neighbours, token proposals, SNIS, coefficients, loss,
-advantages, KL, exact toy.
+advantages, value critic, KL, exact toy.
 
 Pure torch/numpy; no Ray.
 """
 
 from .advantages import group_advantages, leave_one_out_advantages, ppo_advantages
+from .critic import Critic, ValueNet, critic_advantages, explained_variance, fit_value, value_loss
 from .kl import kl_masked_path, kl_to_reference
-from .loss import grpo, grpo_coefficients, ppo_coefficients, ratio, sepo_loss, trajectory_pg_loss
+from .loss import (
+    grpo,
+    grpo_coefficients,
+    noised_sepo_loss,
+    ppo_coefficients,
+    ratio,
+    sepo_loss,
+    trajectory_pg_loss,
+)
 from .neighbours import (
     neighbour_mask,
     neighbours,
@@ -27,9 +36,14 @@ from .snis import (
 )
 
 __all__ = [
+    "Critic",
     "ESTIMATORS",
     "SNISTerms",
+    "ValueNet",
+    "critic_advantages",
     "draw_snis_sites",
+    "explained_variance",
+    "fit_value",
     "group_advantages",
     "grpo",
     "grpo_coefficients",
@@ -48,6 +62,7 @@ __all__ = [
     "propose_tokens",
     "ratio",
     "sample_positions",
+    "noised_sepo_loss",
     "sepo_loss",
     "trajectory_pg_loss",
     "single_sample_log_pi",
@@ -55,4 +70,5 @@ __all__ = [
     "snis_log_pi",
     "snis_log_pi_hat",
     "snis_terms",
+    "value_loss",
 ]

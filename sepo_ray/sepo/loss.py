@@ -162,7 +162,11 @@ def sepo_loss(
 
 
 def trajectory_pg_loss(
-    step_log_prob: Tensor, old_step_log_prob: Tensor, advantages: Tensor, clip_eps: float
+    step_log_prob: Tensor,
+    old_step_log_prob: Tensor,
+    advantages: Tensor,
+    clip_eps: float,
+    row_weight: Tensor | float | None = None,
 ) -> tuple[Tensor, dict]:
     """Trajectory-likelihood policy gradient (the DDPO / d1-style baseline), clipped per sampler step:
 
@@ -172,6 +176,8 @@ def trajectory_pg_loss(
     step_log_prob (B, P) with grad (from `diffusion.score_path(..., reduce=False)` on the recorded path),
     old_step_log_prob (B, P) recorded at sampling time, advantages (B,). On-policy its gradient is
     -mean_k grad log p_k * A, i.e. REINFORCE on the sampler's own path (a 1/P-scaled grad E[R]).
+    row_weight (a float or (B,) tensor): the per-sequence form instead, loss = -mean_x row_weight_x sum_k min(...),
+    whose on-policy gradient is -row_weight * grad log pi(path) A (``update_loss`` passes 1 / C_x: per token).
     Returns (loss scalar, stats dict of detached floats).
     """
     if step_log_prob.dim() != 2:
@@ -190,12 +196,88 @@ def trajectory_pg_loss(
     r = torch.exp(log_r)  # (B, P), carries the gradient
     a = advantages.to(step_log_prob.dtype).unsqueeze(1)  # (B, 1)
     surrogate = torch.minimum(r * a, r.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a)  # (B, P)
-    loss = -surrogate.mean()
+    if row_weight is None:
+        loss = -surrogate.mean()
+    else:
+        loss = -(_row_weight(row_weight, surrogate) * surrogate.sum(dim=1)).mean()
     with torch.no_grad():
         stats = {
             "loss": float(loss),
             "ratio_mean": float(r.mean()),
             "ratio_max": float(r.max()),
             "clip_frac": float(((r - 1.0).abs() > clip_eps).double().mean()),
+        }
+    return loss, stats
+
+
+def _row_weight(weight: Tensor | float, like: Tensor) -> Tensor:
+    """A float or (B,) tensor of positive per-sequence weights as a (B,) tensor of ``like``'s dtype."""
+    w = torch.as_tensor(weight, dtype=like.dtype, device=like.device)
+    w = w.expand(like.shape[0]) if w.dim() == 0 else w
+    if w.shape != like.shape[:1] or not bool((w > 0).all()):
+        raise ValueError(f"row_weight must be a float or a ({like.shape[0]},) tensor > 0")
+    return w
+
+
+def noised_sepo_loss(
+    token_log_prob: Tensor,
+    old_token_log_prob: Tensor,
+    masked: Tensor,
+    step_weight: Tensor,
+    advantages: Tensor,
+    clip_eps: float,
+    row_weight: Tensor | float = 1.0,
+) -> tuple[Tensor, dict]:
+    """SEPO at every noise level (objective ``sepo_t``): the score-ratio term at noised states x_t of each x.
+
+    At a state z of the absorbing process with position l masked, the score entry towards the clean token is
+    s_theta(z, t)_{z^(l <- x_l)} = alpha_t / (1 - alpha_t) * p_theta(x_l | z)_l, so grad log s = grad log
+    p_theta(x_l | z)_l. Summed with the T-step ELBO's weights over the variational states z ~ q_t(.|x) this is
+    grad ELBO_T(x) (``diffusion.elbo_states``), the surrogate of grad log pi(x) that every noise level of the
+    sampler contributes to; at t -> 0 (one masked position) it is today's SEPO term, whose Hamming-1 sum
+    reduces to -pi(x^(l)) grad log p_theta(x_l | x^(l)) (docs: "SEPO at every noise level"). Clipped per token:
+
+        r_{s,l} = p_theta(x_l | z_s) / p_old(x_l | z_s)
+        loss = -mean_x row_weight_x sum_s w_s sum_{l: z_{s,l} = M} min(r_{s,l} A(x), clip(r_{s,l}, 1-eps, 1+eps) A(x))
+
+    On-policy its gradient is -row_weight * A(x) * (the unbiased estimate of grad ELBO_T(x)).
+    token_log_prob (B, S, L) with grad and old_token_log_prob (B, S, L) (``diffusion.elbo_token_log_probs``),
+    masked (B, S, L) bool, step_weight (B, S) = (T / S) p_k, advantages (B,). -> (loss, stats of floats).
+    """
+    if token_log_prob.dim() != 3:
+        raise ValueError(f"token_log_prob must have shape (B, S, L), got {tuple(token_log_prob.shape)}")
+    for name, value in (("old_token_log_prob", old_token_log_prob), ("masked", masked)):
+        if value.shape != token_log_prob.shape:
+            raise ValueError(
+                f"{name} must have shape {tuple(token_log_prob.shape)}, got {tuple(value.shape)}"
+            )
+    if step_weight.shape != token_log_prob.shape[:2]:
+        raise ValueError(
+            f"step_weight must have shape {tuple(token_log_prob.shape[:2])}, got {tuple(step_weight.shape)}"
+        )
+    if advantages.shape != token_log_prob.shape[:1]:
+        raise ValueError(
+            f"advantages must have shape ({token_log_prob.shape[0]},), got {tuple(advantages.shape)}"
+        )
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    masked = masked.bool()
+    log_r = torch.where(
+        masked, token_log_prob - old_token_log_prob.to(token_log_prob.dtype), torch.zeros_like(token_log_prob)
+    )
+    r = torch.exp(log_r)  # (B, S, L), carries the gradient
+    a = advantages.to(r.dtype).reshape(-1, 1, 1)  # (B, 1, 1)
+    surrogate = torch.minimum(r * a, r.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a)  # (B, S, L)
+    surrogate = torch.where(masked, surrogate, torch.zeros_like(surrogate))
+    per_x = (step_weight.to(r.dtype) * surrogate.sum(dim=-1)).sum(dim=1)  # (B,)
+    loss = -(_row_weight(row_weight, per_x.unsqueeze(1)) * per_x).mean()
+    with torch.no_grad():
+        rm = r[masked]
+        stats = {
+            "loss": float(loss),
+            "ratio_mean": float(rm.mean()) if rm.numel() else 1.0,
+            "ratio_max": float(rm.max()) if rm.numel() else 1.0,
+            "clip_frac": float(((rm - 1.0).abs() > clip_eps).double().mean()) if rm.numel() else 0.0,
+            "masked_per_state": float(masked.sum(dim=-1).double().mean()),
         }
     return loss, stats

@@ -16,10 +16,22 @@ Update (per epoch):
     numbers, so r = 1 exactly at theta = theta_old)
     r = (pi_hat_theta(y) / pi_hat_old(y)) (s_old(x)_y / s_theta(x)_y)                      Thm 3.2
     w = pi_hat_theta(y) min(clip(r, 1-eps, 1+eps) A, r A)                                App. B
-    loss = mean_x (L/K)((m-1)/J) sum_{y proposed} w log s_theta(x)_y  +  alpha KL(pi_theta || pi_pre)   Rem. 3.1, D.2
+    J_x = (L/K)((m-1)/J) sum_{y proposed} w log s_theta(x)_y                             Rem. 3.1
+    loss = mean_x (J_x + alpha KL_x(pi_theta || pi_pre)) / C_x                           D.2
 
-The trajectory-likelihood baseline (objective "trajectory", DDPO / d1) replaces the SEPO term with the
-PPO-clipped ratio of the sampler's own per-step probabilities on the recorded path.
+Objectives (setting ``objective``), each J_x an estimate whose on-policy gradient is -A(x) grad log pi(x) for
+ONE sequence, so that alpha weighs the same per-sequence KL against the same advantage scale whatever the
+objective:
+
+- ``sepo``: J_x above, the score-ratio loss at the clean x (t -> 0, Eq. 8);
+- ``sepo_t``: the score-ratio loss at noised states x_t ~ q_t(.|x) of every noise level of the T-step sampler
+  (``noise_states`` S per sequence, ELBO weights; ``loss.noised_sepo_loss``), J_x = -A grad ELBO_T(x) on-policy;
+- ``trajectory``: the DDPO / d1-style baseline, J_x = -sum_k min(r_k A, clip(r_k) A) over the P recorded
+  transitions of the sampler's own path.
+
+Per-token scale: the objective and the KL of each sequence are divided by its C_x free (completion) tokens,
+C_x = L without a prompt, so alpha is the weight of one nat of path KL against one unit of advantage, the same
+for every objective and every length, and the loss magnitude does not grow with L.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from torch import Tensor
 
 from .. import diffusion
 from .kl import kl_to_reference
-from .loss import ppo_coefficients, ratio, sepo_loss, trajectory_pg_loss
+from .loss import noised_sepo_loss, ppo_coefficients, ratio, sepo_loss, trajectory_pg_loss
 from .neighbours import neighbour_mask, proposal_mask, propose_tokens, sample_positions
 from .scores import log_scores
 from .snis import draw_snis_sites, log_pi_hat
@@ -53,6 +65,7 @@ class UpdateSpec:
     denoise_steps: int
     corrector_steps: int
     kl_steps: int
+    noise_states: int
     neighbour_positions: int | None
     neighbour_tokens: int | None
     score_estimator: str
@@ -136,9 +149,11 @@ def rollout(
     prompt: optional (N, P) long, MASK-padded: clamped context at the start of each sequence (see
     ``diffusion.sample``); the loss then touches only completion positions.
 
-    Returns x (N, L) long, kl_states (N, S, L), kl_steps (N, S), sample_log_prob (N,), the
-    :func:`old_policy` quantities, and with objective "trajectory" path_states (N, P+1, L) and
-    old_step_log_prob (N, P). Random numbers are drawn in this order: KL steps, sampler, old policy.
+    Returns x (N, L) long, kl_states (N, S, L), kl_steps (N, S), sample_log_prob (N,), ``free`` (N, L) with a
+    prompt, and per objective: "sepo" the :func:`old_policy` quantities; "sepo_t" noise_states (N, S', L),
+    noise_weights (N, S') and old_token_log_prob (N, S', L) (``diffusion.elbo_states``, S' = noise_states);
+    "trajectory" path_states (N, P+1, L) and old_step_log_prob (N, P). Random numbers are drawn in this
+    order: KL steps, sampler, the objective's quantities.
     """
     schedule = schedule or diffusion.LogLinearSchedule()
     steps = int(spec.denoise_steps)
@@ -164,7 +179,17 @@ def rollout(
     if prompt is not None:
         free = torch.ones_like(x, dtype=torch.bool)  # (N, L)
         free[:, : prompt.shape[1]] = prompt.to(x.device) == model_mask_id(model, spec)  # prompt tokens: False
-    batch = old_policy(model, x, spec, generator, batch_size, free=free)
+    batch = {} if free is None else {"free": free}
+    if spec.objective == "sepo":
+        batch = old_policy(model, x, spec, generator, batch_size, free=free)
+    elif spec.objective == "sepo_t":  # noised states of x and the old policy's token log-probs there
+        states, weights = diffusion.elbo_states(
+            x, steps, int(spec.noise_states), model_mask_id(model, spec), schedule, generator, free
+        )  # (N, S', L), (N, S')
+        batch["noise_states"], batch["noise_weights"] = states, weights.float()
+        batch["old_token_log_prob"] = diffusion.elbo_token_log_probs(
+            model, x, states, model_mask_id(model, spec)
+        ).float()  # (N, S', L)
     if trajectory:  # the baseline keeps the whole path and its per-step log-probabilities
         batch["path_states"] = out.path.states  # (N, P + 1, L)
         batch["old_step_log_prob"] = diffusion.score_path(model, out.path, schedule, reduce=False).float()
@@ -210,11 +235,7 @@ def sepo_objective(
                 proposal_mask(others, spec.num_tokens),
                 (spec.num_tokens - 1) / others.shape[-1],
             )
-    length, k = x.shape[1], positions.shape[1]
-    free = batch.get("free")
-    weight = (
-        length / k if free is None else free.bool().sum(dim=1).double() / k
-    )  # L / K, or C_b / K (prompts)
+    weight = 1.0 / positions.shape[1]  # (C_x / K) / C_x: the L/K (C_x/K) position weight, per token
     return sepo_loss(
         log_score,
         coefficients,
@@ -225,15 +246,45 @@ def sepo_objective(
     )
 
 
+def free_tokens(batch: Mapping[str, Tensor]) -> Tensor:
+    """C_x, the free (completion) tokens of each sequence: L without a prompt. -> (N,) float64."""
+    x = batch["x"]
+    free = batch.get("free")
+    if free is None:
+        return torch.full((x.shape[0],), float(x.shape[1]), dtype=torch.float64, device=x.device)
+    return free.bool().sum(dim=1).double().clamp_min(1.0)
+
+
 def trajectory_objective(
     model, batch: Mapping[str, Tensor], spec: UpdateSpec, schedule: diffusion.LogLinearSchedule | None = None
 ) -> tuple[Tensor, dict]:
-    """Baseline: PPO-clipped REINFORCE on the sampler's own per-step log-probabilities (DDPO / d1)."""
+    """Baseline: PPO-clipped REINFORCE on the sampler's own per-step log-probabilities (DDPO / d1), summed
+    over the path and divided by C_x (per token)."""
     ops = diffusion.path_ops(int(spec.denoise_steps), int(spec.corrector_steps))
     path = diffusion.Path(batch["path_states"].long(), ops)  # (N, P + 1, L)
     step_log_prob = diffusion.score_path(model, path, schedule, reduce=False)  # (N, P)
     return trajectory_pg_loss(
-        step_log_prob, batch["old_step_log_prob"], batch["advantages"], float(spec.clip_eps)
+        step_log_prob,
+        batch["old_step_log_prob"],
+        batch["advantages"],
+        float(spec.clip_eps),
+        row_weight=1.0 / free_tokens(batch),
+    )
+
+
+def noised_objective(model, batch: Mapping[str, Tensor], spec: UpdateSpec) -> tuple[Tensor, dict]:
+    """SEPO at every noise level (``loss.noised_sepo_loss``) on the rollout's noised states, per token."""
+    states = batch["noise_states"].long()  # (N, S', L)
+    mask_id = model_mask_id(model, spec)
+    token_log_prob = diffusion.elbo_token_log_probs(model, batch["x"].long(), states, mask_id)  # (N, S', L)
+    return noised_sepo_loss(
+        token_log_prob,
+        batch["old_token_log_prob"],
+        states == mask_id,
+        batch["noise_weights"],
+        batch["advantages"],
+        float(spec.clip_eps),
+        row_weight=1.0 / free_tokens(batch),
     )
 
 
@@ -246,27 +297,32 @@ def update_loss(
     schedule: diffusion.LogLinearSchedule | None = None,
     batch_size: int | None = None,
 ) -> tuple[Tensor, dict]:
-    """One epoch's loss: the objective + alpha * KL(pi_theta || pi_pretrained) along the path (App. D.2).
+    """One epoch's loss: mean_x (J_x + alpha KL_x(pi_theta || pi_pretrained)) / C_x (module docstring; the
+    path KL of App. D.2).
 
     reference: the frozen pretrained denoiser (never reset to the current model); unused when alpha = 0.
-    Returns (total loss, stats) with stats["objective_loss"], stats["kl"] and stats["total_loss"] as tensors.
+    Returns (total loss, stats) with stats["objective_loss"], stats["kl"] (the mean per-sequence path KL, nats)
+    and stats["total_loss"] as tensors.
     """
     schedule = schedule or diffusion.LogLinearSchedule()
     if spec.objective == "trajectory":
         loss, stats = trajectory_objective(model, batch, spec, schedule)
+    elif spec.objective == "sepo_t":
+        loss, stats = noised_objective(model, batch, spec)
     else:
         loss, stats = sepo_objective(model, batch, spec, generator, batch_size)
     total = loss
     kl = torch.zeros((), device=loss.device)
     if float(spec.kl_alpha) > 0:
-        kl = kl_to_reference(
+        kl_x = kl_to_reference(
             model,
             reference,
             batch["kl_states"].long(),  # (N, S, L)
             batch["kl_steps"].long(),  # (N, S)
             num_steps=int(spec.denoise_steps),
             schedule=schedule,
-        ).mean()
-        total = total + float(spec.kl_alpha) * kl
+        )  # (N,)
+        kl = kl_x.mean()
+        total = total + float(spec.kl_alpha) * (kl_x / free_tokens(batch).to(kl_x.dtype)).mean()
     stats = {**stats, "objective_loss": loss.detach(), "kl": kl.detach(), "total_loss": total.detach()}
     return total, stats

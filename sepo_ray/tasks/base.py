@@ -17,6 +17,8 @@ from the defaults:
 - ``scorer()``: the evaluation table (per-sequence scores, set-level metrics with their labels, the plotted
   score); the default scores the default reward;
 - ``reference_rows()``: rows of real data for the evaluation table;
+- a task with prompts: ``prompts(split)``, ``encode_prompts(texts)`` (a user's own prompts, checked) and
+  ``split_prompt(sequences, prompts)`` (decoded sequences -> prompt and completion texts);
 - ``pretrain(argv)``: the task's pretraining command (``python -m sepo_ray.pretrain NAME``).
 """
 
@@ -29,6 +31,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+
+def prompt_draw(seed: int, num_samples: int, pool_size: int) -> Tensor:
+    """Indices (num_samples,) into a pool of ``pool_size`` prompts, uniform with replacement, seeded."""
+    if pool_size < 1:
+        raise ValueError("the prompt pool is empty")
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randint(0, pool_size, (num_samples,), generator=gen)  # (N,)
 
 
 class Scorer:
@@ -56,8 +66,11 @@ class Scorer:
         self.spec = reward
         self.reward = resolve_reward(reward)
 
-    def scores(self, sequences: Sequence[str], seed: int = 0) -> dict[str, np.ndarray]:
-        """Per-sequence scores, each float64 (N,)."""
+    def scores(
+        self, sequences: Sequence[str], seed: int = 0, prompts: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per-sequence scores, each float64 (N,). ``prompts``: the prompt text each sequence starts with (a task
+        with prompts; the evaluation passes them), None without prompts."""
         return {"reward": self.reward(list(sequences))}
 
     def summarize(self, scores: Mapping[str, np.ndarray], sequences: Sequence[str]) -> dict[str, float]:
@@ -113,6 +126,27 @@ class Task:
         LongTensor (num_prompts, P) of token ids, MASK (= num_tokens) after a shorter prompt's end."""
         raise NotImplementedError(f"task {self.name!r} has no prompts (prompt_length = 0)")
 
+    def encode_prompts(self, texts: Sequence[str]) -> Tensor:
+        """A user's own prompts -> LongTensor (N, P), MASK-padded; ValueError (naming the prompt) for an empty
+        prompt or one longer than P tokens, or for a task without prompts."""
+        raise ValueError(f"task {self.name!r} takes no prompts (prompt_length = 0)")
+
+    def evaluation_prompts(self, seed: int, num_samples: int, pool: Tensor | None = None) -> Tensor | None:
+        """The prompts (num_samples, P) that evaluation rows condition on at ``seed``: rows of ``pool`` (default
+        the held-out prompts) drawn uniformly with ``seed``, so every generator row at a seed completes the same
+        prompts; None for a task without prompts."""
+        if not self.prompt_length:
+            return None
+        pool = self.prompts("heldout") if pool is None else pool  # (num_prompts, P)
+        return pool[prompt_draw(seed, num_samples, len(pool))]  # (N, P)
+
+    def split_prompt(
+        self, sequences: Sequence[str], prompts: Tensor | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Decoded sequences -> (prompt texts, completion texts), ``prompt + completion == sequence``;
+        ``prompts`` (N, P): the prompt each sequence was sampled after, when known. Default: no prompt."""
+        return [""] * len(sequences), list(sequences)
+
     # --------------------------------------------------------------------------------------- denoiser
     def build_denoiser(
         self, generator: str | Path | None = None, device: str | torch.device = "cpu"
@@ -158,14 +192,8 @@ class Task:
         if generator is None:
             device = next(model.parameters()).device
             generator = torch.Generator(device=device).manual_seed(int(seed or 0))
-        if (
-            prompt is None and self.prompt_length
-        ):  # a task with prompts: held-out prompts, drawn with the seed
-            pool = self.prompts("heldout")  # (num_prompts, P)
-            pick = torch.randint(
-                0, len(pool), (num_samples,), generator=torch.Generator().manual_seed(int(seed or 0))
-            )
-            prompt = pool[pick]  # (N, P)
+        if prompt is None and self.prompt_length:  # held-out prompts drawn with the seed, as the evaluation's
+            prompt = self.evaluation_prompts(int(seed or 0), num_samples)  # (N, P)
         out = diffusion.sample(
             model,
             num_samples,

@@ -412,13 +412,24 @@ def prompts(
     seed: int = 0,
     count: int | None = None,
 ) -> list[str]:
-    """Openings of reviews of ``split``, for prompt-conditioned generation (paper App. E.1 prompts).
+    """Openings of reviews of ``split`` (see :func:`prompted_reviews`, which also returns the reviews)."""
+    return prompted_reviews(split, num_tokens_range, seed, count)[0]
+
+
+def prompted_reviews(
+    split: str = "heldout",
+    num_tokens_range: tuple[int, int] = (8, 16),
+    seed: int = 0,
+    count: int | None = None,
+) -> tuple[list[str], list[str]]:
+    """(prompts, reviews): openings of reviews of ``split``, for prompt-conditioned generation (paper App. E.1 prompts).
 
     Distinct reviews are taken in a seeded random order (``count`` None: all of the split; ``prompts(count=k)``
     is a prefix of ``prompts(count=m)`` for k < m; the split holds a few duplicated reviews, used once). Each prompt is the first n GPT-2 tokens of its review, n drawn
     uniformly from ``num_tokens_range`` (both ends included) and then moved down, within the range, to the last
     word boundary (the next token starts with a space) so that no prompt ends mid-word; re-tokenising a prompt
-    then gives back its n tokens. A review shorter than n tokens is used whole.
+    then gives back its n tokens. A review shorter than n tokens is used whole. ``reviews[i]`` is the whole
+    (cleaned) review that ``prompts[i]`` opens: its real continuation.
     """
     lo, hi = num_tokens_range
     if not 1 <= lo <= hi:
@@ -443,7 +454,7 @@ def prompts(
         n = min(int(lengths[i]), len(ids))
         cut = next((k for k in range(n, lo - 1, -1) if k == len(ids) or starts_word[ids[k]]), n)
         out.append(tok.decode(ids[:cut].tolist(), clean_up_tokenization_spaces=False))
-    return out
+    return out, [texts[i] for i in order]
 
 
 def chunk_sequences(

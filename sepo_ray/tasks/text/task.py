@@ -5,7 +5,9 @@ A sequence is 64 compact-vocabulary tokens: a prompt (the first 8-16 GPT-2 token
 (:class:`~sepo_ray.diffusion.score_entropy.MaskedView`), so the engine's sampler, SEPO scores, SNIS and KL run
 on it unchanged. The default reward is the shipped GPT-2 sentiment classifier's logit (``text_sentiment``);
 the held-out judge is VADER (never trained), reported as ``heldout_score``, with distinct-2 as
-``heldout_realism`` (a reward-hacked model repeats itself).
+``heldout_realism`` (a reward-hacked model repeats itself). The evaluation table adds the completions' likelihood
+under the pretrained generator (:mod:`.likelihood`) and compares every row with the pretrained one on the same
+held-out prompts; its ``real_heldout`` row is the real continuation of those prompts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from .data import DEFAULT_VOCAB_SIZE
 
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 TRAIN_PROMPTS = 4096  # training prompts drawn from the train split (a prefix of its seeded order)
+ELBO_DRAWS = (
+    8  # Monte Carlo draws per sequence of the pretrained likelihood (the ELBO's variance, not its mean)
+)
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -45,11 +50,22 @@ def repeated_ngrams(text: str, n: int = 4) -> float:
 
 
 class TextScorer(Scorer):
-    """The text evaluation table: fine-tuning reward, held-out judge, diversity."""
+    """The text evaluation table: fine-tuning reward, held-out judge, diversity, likelihood under the pretrained
+    generator.
+
+    Args:
+        reward: the fine-tuning reward spec.
+        task: the text task (vocabulary, prompt split, pretrained generator).
+        device: where the likelihood's generator runs.
+        generator: the generator of ``pretrained_nll_per_token`` (None: the task's pretrained one; a file; or
+            False to skip the likelihood, NaN).
+        elbo_steps: Monte Carlo draws per sequence of the ELBO.
+    """
 
     metric_labels = {
         "reward_mean": "Reward (sentiment logit) ↑",
         "judge_mean": "Judge (VADER) ↑",
+        "pretrained_nll_per_token": "NLL / token under pretrained (nats) ↓",
         "distinct_1": "distinct-1 ↑",
         "distinct_2": "distinct-2 ↑",
         "repeated_4grams": "repeated 4-grams ↓",
@@ -60,21 +76,76 @@ class TextScorer(Scorer):
         "judge"  # the paper's Table 1 protocol: win rate over the pretrained model on the same prompts
     )
 
-    def scores(self, sequences: Sequence[str], seed: int = 0) -> dict[str, np.ndarray]:
+    def __init__(
+        self,
+        reward: str,
+        task: TextTask | None = None,
+        device: str | torch.device = "cpu",
+        generator: str | Path | nn.Module | bool | None = None,
+        elbo_steps: int = ELBO_DRAWS,
+    ):
+        super().__init__(reward)
+        if elbo_steps < 1:
+            raise ValueError(f"elbo_steps must be >= 1, got {elbo_steps}")
+        self.task = task
+        self.device = torch.device(device)
+        self._generator = generator
+        self.elbo_steps = int(elbo_steps)
+
+    @cached_property
+    def generator(self) -> nn.Module | None:
+        """The SEDD score net of the likelihood (None: skipped)."""
+        if self._generator is False or self.task is None:
+            return None
+        if isinstance(self._generator, nn.Module):
+            return getattr(self._generator, "net", self._generator).eval()
+        return self.task.build_denoiser(self._generator, device=self.device).net.eval()
+
+    def pretrained_nll(self, sequences: Sequence[str], prompts: Sequence[str], seed: int = 0) -> np.ndarray:
+        """Negative ELBO per completion token of each completion given its prompt under the generator, nats:
+        float64 (N,) (NaN without a generator or without completion tokens). The texts are re-tokenised, prompt
+        and completion apart (so the boundary stays where the sampler put it)."""
+        from .likelihood import conditional_elbo
+
+        if self.generator is None or not len(sequences):
+            return np.full(len(sequences), np.nan)
+        task, vocab = self.task, self.task.vocab
+        completions = [s[len(p) :] for s, p in zip(sequences, prompts)]
+        prompt_ids = vocab.encode(list(prompts), task.length)  # (N, L), MASK-padded
+        completion_ids = vocab.encode(completions, task.length)  # (N, L)
+        lengths = (prompt_ids != vocab.mask_id).sum(dim=1)  # (N,)
+        x = torch.full_like(prompt_ids, vocab.mask_id)  # (N, L)
+        for i, n in enumerate(lengths.tolist()):
+            x[i, :n] = prompt_ids[i, :n]
+            x[i, n:] = completion_ids[i, : task.length - n]
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        bound, tokens = conditional_elbo(self.generator, x, lengths, self.elbo_steps, generator=gen)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(tokens.numpy() > 0, -bound.numpy() / tokens.numpy(), np.nan)
+
+    def scores(
+        self, sequences: Sequence[str], seed: int = 0, prompts: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         from .judge import vader_sentiment
 
         texts = list(sequences)
+        prompts = [""] * len(texts) if prompts is None else list(prompts)
+        if len(prompts) != len(texts) or not all(t.startswith(p) for t, p in zip(texts, prompts)):
+            raise ValueError("prompts must hold, for each sequence, the prompt text it starts with")
         return {
             "reward": self.reward(texts),
             "judge": vader_sentiment(texts),
+            "pretrained_nll_per_token": self.pretrained_nll(texts, prompts, seed),
             "repeated_4grams": np.array([repeated_ngrams(t) for t in texts], dtype=np.float64),
         }
 
     def summarize(self, scores, sequences: Sequence[str]) -> dict[str, float]:
         texts = list(sequences)
+        nll = np.asarray(scores["pretrained_nll_per_token"], dtype=np.float64)
         return {
             "reward_mean": float(np.mean(scores["reward"])),
             "judge_mean": float(np.mean(scores["judge"])),
+            "pretrained_nll_per_token": float(np.nanmean(nll)) if np.isfinite(nll).any() else float("nan"),
             "distinct_1": distinct_n(texts, 1),
             "distinct_2": distinct_n(texts, 2),
             "repeated_4grams": float(np.mean(scores["repeated_4grams"])),
@@ -120,18 +191,62 @@ class TextTask(Task):
     def prompts(self, split: str = "train") -> Tensor:
         """(num_prompts, 16) compact ids of review openings, MASK-padded (train: 4,096 of the train split;
         heldout: every held-out review)."""
-        return self._prompts(split)
+        return self._prompts(split)[0]
 
-    def _prompts(self, split: str) -> Tensor:
+    def _prompts(self, split: str) -> tuple[Tensor, list[str]]:
+        """(prompt ids (num, P), the reviews they open) of a split, empty prompts left out; cached."""
         cache = self.__dict__.setdefault("_prompt_cache", {})
         if split not in cache:
-            from .data import prompts
+            from .data import prompted_reviews
 
-            texts = prompts(split, count=TRAIN_PROMPTS if split == "train" else None)
+            texts, reviews = prompted_reviews(split, count=TRAIN_PROMPTS if split == "train" else None)
             ids = self.vocab.encode(texts, self.prompt_length)  # (num, P) MASK-padded
-            empty = (ids == self.vocab.mask_id).all(dim=1)
-            cache[split] = ids[~empty]
+            keep = ~(ids == self.vocab.mask_id).all(dim=1)  # (num,)
+            cache[split] = ids[keep], [r for r, k in zip(reviews, keep.tolist()) if k]
         return cache[split]
+
+    def encode_prompts(self, texts: Sequence[str]) -> Tensor:
+        """A user's prompts -> (N, 16) compact ids, MASK-padded. ValueError naming the prompt (1-based) for an
+        empty one (nothing but white space) or one of more than 16 GPT-2 tokens (the prompt context)."""
+        from .data import tokenize
+
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no prompts given")
+        for i, (text, ids) in enumerate(zip(texts, tokenize(texts)), start=1):
+            if not text.strip():
+                raise ValueError(f"prompt {i} is empty")
+            if len(ids) > self.prompt_length:
+                raise ValueError(
+                    f"prompt {i} is {len(ids)} GPT-2 tokens, longer than the prompt context of the text task "
+                    f"({self.prompt_length} of its {self.length} tokens): {text[:40]!r}"
+                )
+        return self.vocab.encode(texts, self.prompt_length)  # (N, P)
+
+    def split_prompt(
+        self, sequences: Sequence[str], prompts: Tensor | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Decoded sequences -> (prompt, completion) texts. The prompt is the decoded row of ``prompts`` when the
+        sequence starts with it; otherwise the longest held-out prompt the sequence starts with ("" if none)."""
+        sequences = list(sequences)
+        given = self.decode(prompts) if prompts is not None else [None] * len(sequences)
+        heads = []
+        for seq, head in zip(sequences, given):
+            if head is None or not seq.startswith(head):
+                head = self._known_prompt(seq)
+            heads.append(head)
+        return heads, [s[len(h) :] for s, h in zip(sequences, heads)]
+
+    def _known_prompt(self, sequence: str) -> str:
+        """The longest decoded held-out prompt that ``sequence`` starts with, or ""."""
+        known = self.__dict__.get("_decoded_heldout")
+        if known is None:
+            known = self.__dict__["_decoded_heldout"] = set(self.decode(self.prompts("heldout")))
+        longest = max(map(len, known), default=0)
+        for end in range(min(len(sequence), longest), 0, -1):
+            if sequence[:end] in known:
+                return sequence[:end]
+        return ""
 
     # --------------------------------------------------------------------------------------- denoiser
     def build_denoiser(
@@ -175,21 +290,18 @@ class TextTask(Task):
         }
 
     def scorer(self, device: str | torch.device = "cpu", elbo_steps: int | None = None) -> Scorer:
-        return TextScorer(self.default_reward)
+        return TextScorer(self.default_reward, self, device=device, elbo_steps=int(elbo_steps or ELBO_DRAWS))
 
     def reference_rows(self) -> dict[str, Callable[[int, int], list[str]]]:
-        """``real_heldout``: the first 64 compact tokens of held-out reviews (decoded as the generator's are)."""
+        """``real_heldout``: for each held-out prompt the evaluation draws at a seed (``evaluation_prompts``), the
+        first 64 compact tokens of the review it opens (decoded as the generator's are): the real continuation of
+        the same prompt, so the row pairs with the generators' rows prompt by prompt."""
+        from sepo_ray.tasks.base import prompt_draw
 
         def draw(seed: int, num: int) -> list[str]:
-            from .data import training_sequences
-
-            chunks = training_sequences(self.length, "heldout", self.vocab, max_chunks_per_review=1)
-            if num > len(chunks):
-                raise ValueError(
-                    f"num_samples: real_heldout has only {len(chunks)} sequences, asked for {num}"
-                )
-            pick = np.random.default_rng(int(seed)).choice(len(chunks), size=num, replace=False)
-            return self.decode(chunks[torch.as_tensor(pick)])
+            pool, reviews = self._prompts("heldout")
+            pick = prompt_draw(seed, num, len(pool)).tolist()
+            return self.decode(self.vocab.encode([reviews[i] for i in pick], self.length))
 
         return {"real_heldout": draw}
 
