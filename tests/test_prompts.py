@@ -96,6 +96,7 @@ def test_env_gives_each_group_one_prompt():
 
 def test_env_trains_on_a_prompts_file_and_bad_files_fail_before_ray(tmp_path, capsys):
     from sepo_ray.envs import SequenceBanditEnv
+
     from sepo_ray.run import main
 
     path = tmp_path / "prompts.txt"
