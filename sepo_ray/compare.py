@@ -2,6 +2,9 @@
 
 ``python -m sepo_ray.compare TASK --output DIR`` (also ``python -m sepo_ray.evaluate TASK --compare DIR``)
 
+``python -m sepo_ray.compare TASK --frontier --output DIR``: every method at several oracle budgets instead
+(tuned on equal terms, fine-tuning, best-of-N, SVDD guidance; :mod:`sepo_ray.frontier`).
+
 1. fine-tunes each variant with :func:`sepo_ray.run.train` (same iterations, batch and seed, so the same number
    of fine-tuning-reward calls), into ``DIR/runs/<variant>/`` (a finished run is reused, an unfinished one
    resumed);
@@ -18,9 +21,8 @@ budget's C candidates form groups of N = group size, the fine-tuning reward keep
 the row holds C / N sequences per seed); ``sepo_grpo`` (the default SEPO GRPO); ``sepo_no_snis`` (pi_hat from
 y's single parent, no SNIS); ``sepo_gradient_flow`` (one corrector step after each predictor step, Sec. 3.3);
 ``trajectory_grpo`` (the DDPO / d1-style policy gradient on the sampler's own per-step log-probabilities);
-``trajectory_grpo_kl0.01`` (the same with alpha = 0.01: its loss is a mean over the T steps while SEPO's carries
-the L/K position weight, so at SEPO's alpha the KL term outweighs its policy term by about two orders of
-magnitude); and the task's reference rows of real data.
+``sepo_t_grpo`` (SEPO at every noise level, objective ``sepo_t``); and the task's reference rows of real data.
+Every objective shares one alpha scale (``sepo_ray.sepo.update``), so the variants differ only in the objective.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ VARIANTS: dict[str, list[str]] = {
     "sepo_no_snis": ["snis_samples=0"],
     "sepo_gradient_flow": ["corrector_steps=1"],
     "trajectory_grpo": ["objective=trajectory"],
-    "trajectory_grpo_kl0.01": ["objective=trajectory", "kl_alpha=0.01"],
+    "sepo_t_grpo": ["objective=sepo_t"],
 }
 
 
@@ -169,6 +171,11 @@ def row_plan(
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--frontier" in argv:  # `compare TASK --frontier --output DIR [...]`: quality against oracle calls
+        from sepo_ray.frontier import main as frontier_main
+
+        return frontier_main([a for a in argv if a != "--frontier"])
     from sepo_ray import evaluation
     from sepo_ray.evaluate import parse_seeds
     from sepo_ray.run import DEFAULT_ITERATIONS

@@ -45,7 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "task", nargs="?", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}; see below)"
     )
-    p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="training iterations (total)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="training iterations (total; default: the task's, 16 for most)",
+    )
     p.add_argument("--output", default=None, help="output directory (default runs/<task>-<time>)")
     p.add_argument("--reward", default=None, help="reward 'module:function' (default: the task's oracle)")
     p.add_argument(
@@ -61,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-eval", action="store_true", help="skip the before/after metrics")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime (default: all)")
     args = p.parse_args(argv)
-    if args.iterations < 1:
+    if args.iterations is not None and args.iterations < 1:
         p.error("--iterations must be >= 1")
     if args.resume and not args.output:
         p.error("--resume needs --output DIR of the run to continue")
@@ -397,6 +402,10 @@ def main(argv=None) -> int:
 
     out = Path(args.output or f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
+        if args.iterations is None:
+            from sepo_ray.tasks import get_task
+
+            args.iterations = int(get_task(args.task).default_iterations)
         overrides = parse_overrides(args.set)
         record = train(
             args.task,

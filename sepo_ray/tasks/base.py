@@ -99,6 +99,9 @@ class Task:
     #: Settings this task runs with unless the user sets them (``python -m sepo_ray.run`` applies them first), for
     #: example the token proposals J a large vocabulary needs; names and ranges are the settings schema's.
     default_settings: ClassVar[Mapping[str, object]] = {}
+    #: iterations of ``python -m sepo_ray.run TASK`` without ``--iterations`` (its default oracle budget is this
+    #: times prompts_per_batch * group_size)
+    default_iterations: ClassVar[int] = 16
     #: the folder of the task's shipped artifacts (hashed by ``evaluation_fingerprint``), or None
     artifact_dir: ClassVar[Path | None] = None
 

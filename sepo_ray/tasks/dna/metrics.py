@@ -157,6 +157,8 @@ class DNAScorer:
     metric_labels = METRIC_LABELS
     metric_digits = {"atac_acc": 1, "log_lik_median": 1}
     paired_score = None
+    score_metric = "pred_activity_median"  # what the frontier ranks by
+    realism_metric = "kmer3_corr"  # its realism guard (>= 0.9: DNA-like)
     plot_score = "pred_activity"
     plot_label = "Pred-Activity (eval-oracle HepG2 log-odds)"
 
