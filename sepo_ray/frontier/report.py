@@ -17,10 +17,16 @@ def format_frontier(report: Mapping, scorer) -> str:
     keys = list(scorer.metric_labels)
     digits = getattr(scorer, "metric_digits", {}) or {}
     score, realism, floor = report["score_metric"], report["realism_metric"], report["realism_min"]
+    one_seed = len(report["seeds"]) < 2  # no standard error from one seed: means only
+
+    def cell(m, d):
+        return f"{m['mean']:.{d}f}" if one_seed else f"{m['mean']:.{d}f} ± {m['se']:.{d}f}"
+
+    spread = "one seed: means only, no standard errors" if one_seed else "mean ± standard error over seeds"
     lines = [
         f"Frontier of task {report['task']}: held-out metrics against the oracle calls spent per design batch of "
         f"{report['design_size']} sequences (fine-tuning plus selection). {report['design_batches']} design "
-        f"batches per seed, seeds {report['seeds']}, T = {report['steps']}; mean ± standard error over seeds.",
+        f"batches per seed, seeds {report['seeds']}, T = {report['steps']}; {spread}.",
         "",
         "| method | calls | " + " | ".join(scorer.metric_labels[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
@@ -29,7 +35,7 @@ def format_frontier(report: Mapping, scorer) -> str:
         cells = []
         for k in keys:
             m, d = row["metrics"][k], digits.get(k, 3)
-            cells.append(f"{m['mean']:.{d}f} ± {m['se']:.{d}f}")
+            cells.append(cell(m, d))
         calls = "" if row["budget_calls"] is None else str(row["budget_calls"])
         lines.append(f"| {row['method']} | {calls} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -43,7 +49,7 @@ def format_frontier(report: Mapping, scorer) -> str:
             m = best["metrics"][score]
             lines.append(
                 f"At {budget} calls the best row by {_label(scorer, score)}{guard} is {best['method']} "
-                f"({m['mean']:.3f} ± {m['se']:.3f})."
+                f"({cell(m, 3)})."
             )
     return "\n".join(lines) + "\n"
 
