@@ -182,20 +182,10 @@ def trajectory_pg_loss(
     """
     if step_log_prob.dim() != 2:
         raise ValueError(f"step_log_prob must have shape (B, P), got {tuple(step_log_prob.shape)}")
-    if old_step_log_prob.shape != step_log_prob.shape:
-        raise ValueError(
-            f"old_step_log_prob must have shape {tuple(step_log_prob.shape)}, got {tuple(old_step_log_prob.shape)}"
-        )
-    if advantages.shape != step_log_prob.shape[:1]:
-        raise ValueError(
-            f"advantages must have shape ({step_log_prob.shape[0]},), got {tuple(advantages.shape)}"
-        )
-    if not clip_eps > 0:
-        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    _check_policy_terms(step_log_prob, {"old_step_log_prob": old_step_log_prob}, advantages, clip_eps)
     log_r = step_log_prob - old_step_log_prob.to(step_log_prob.dtype)  # (B, P)
     r = torch.exp(log_r)  # (B, P), carries the gradient
-    a = advantages.to(step_log_prob.dtype).unsqueeze(1)  # (B, 1)
-    surrogate = torch.minimum(r * a, r.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a)  # (B, P)
+    surrogate = clipped_surrogate(r, advantages, clip_eps)  # (B, P)
     if row_weight is None:
         loss = -surrogate.mean()
     else:
@@ -246,28 +236,19 @@ def noised_sepo_loss(
     """
     if token_log_prob.dim() != 3:
         raise ValueError(f"token_log_prob must have shape (B, S, L), got {tuple(token_log_prob.shape)}")
-    for name, value in (("old_token_log_prob", old_token_log_prob), ("masked", masked)):
-        if value.shape != token_log_prob.shape:
-            raise ValueError(
-                f"{name} must have shape {tuple(token_log_prob.shape)}, got {tuple(value.shape)}"
-            )
+    _check_policy_terms(
+        token_log_prob, {"old_token_log_prob": old_token_log_prob, "masked": masked}, advantages, clip_eps
+    )
     if step_weight.shape != token_log_prob.shape[:2]:
         raise ValueError(
             f"step_weight must have shape {tuple(token_log_prob.shape[:2])}, got {tuple(step_weight.shape)}"
         )
-    if advantages.shape != token_log_prob.shape[:1]:
-        raise ValueError(
-            f"advantages must have shape ({token_log_prob.shape[0]},), got {tuple(advantages.shape)}"
-        )
-    if not clip_eps > 0:
-        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
     masked = masked.bool()
     log_r = torch.where(
         masked, token_log_prob - old_token_log_prob.to(token_log_prob.dtype), torch.zeros_like(token_log_prob)
     )
     r = torch.exp(log_r)  # (B, S, L), carries the gradient
-    a = advantages.to(r.dtype).reshape(-1, 1, 1)  # (B, 1, 1)
-    surrogate = torch.minimum(r * a, r.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a)  # (B, S, L)
+    surrogate = clipped_surrogate(r, advantages, clip_eps)  # (B, S, L)
     surrogate = torch.where(masked, surrogate, torch.zeros_like(surrogate))
     per_x = (step_weight.to(r.dtype) * surrogate.sum(dim=-1)).sum(dim=1)  # (B,)
     loss = -(_row_weight(row_weight, per_x.unsqueeze(1)) * per_x).mean()
@@ -281,3 +262,20 @@ def noised_sepo_loss(
             "masked_per_state": float(masked.sum(dim=-1).double().mean()),
         }
     return loss, stats
+
+
+def clipped_surrogate(r: Tensor, advantages: Tensor, clip_eps: float) -> Tensor:
+    """PPO's pessimistic surrogate min(r A, clip(r, 1-eps, 1+eps) A), A (B,) broadcast over r (B, ...)."""
+    a = advantages.to(r.dtype).reshape((-1,) + (1,) * (r.dim() - 1))  # (B, 1, ...)
+    return torch.minimum(r * a, r.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a)
+
+
+def _check_policy_terms(log_prob: Tensor, same_shape: dict, advantages: Tensor, clip_eps: float) -> None:
+    """ValueError unless every tensor of ``same_shape`` has log_prob's shape, advantages is (B,), eps > 0."""
+    for name, value in same_shape.items():
+        if value.shape != log_prob.shape:
+            raise ValueError(f"{name} must have shape {tuple(log_prob.shape)}, got {tuple(value.shape)}")
+    if advantages.shape != log_prob.shape[:1]:
+        raise ValueError(f"advantages must have shape ({log_prob.shape[0]},), got {tuple(advantages.shape)}")
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
