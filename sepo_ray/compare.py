@@ -18,11 +18,17 @@ row it was on. Paths inside ``DIR`` are relative, so the directory can be moved.
 
 Rows: ``pretrained``; ``best_of_n`` (the pretrained model with the same reward budget spent on selection: the
 budget's C candidates form groups of N = group size, the fine-tuning reward keeps the best of each group, so
-the row holds C / N sequences per seed); ``sepo_grpo`` (the default SEPO GRPO); ``sepo_no_snis`` (pi_hat from
-y's single parent, no SNIS); ``sepo_gradient_flow`` (one corrector step after each predictor step, Sec. 3.3);
-``trajectory_grpo`` (the DDPO / d1-style policy gradient on the sampler's own per-step log-probabilities);
-``sepo_t_grpo`` (SEPO at every noise level, objective ``sepo_t``); and the task's reference rows of real data.
-Every objective shares one alpha scale (``sepo_ray.sepo.update``), so the variants differ only in the objective.
+the row holds C / N sequences per seed; with prompts each group completes one prompt); ``sepo_grpo`` (SEPO,
+loss at t -> 0); ``sepo_no_snis`` (pi_hat from y's single parent, no SNIS); ``sepo_gradient_flow`` (one
+corrector step after each predictor step, Sec. 3.3); ``trajectory_grpo`` (the DDPO / d1-style policy gradient
+on the sampler's own per-step log-probabilities); ``sepo_t_grpo`` (SEPO at every noise level, objective
+``sepo_t``); ``sepo_t_critic`` (the same with the PPO critic's advantage instead of GRPO's); and the task's
+reference rows of real data. Every variant names its objective and the task's other defaults apply; every
+objective shares one alpha scale (``sepo_ray.sepo.update``), so the variants differ only in what they name.
+
+``--alphas A,B,...`` trains every chosen variant at each KL weight instead (runs ``<variant>_kl<alpha>``) and
+draws ``DIR/reward_kl.png``: held-out reward (and the task's score metric) against the final path KL to the
+pretrained model, the reward-vs-KL frontier.
 """
 
 from __future__ import annotations
@@ -38,26 +44,44 @@ import numpy as np
 from sepo_ray.run import DEFAULT_TASK, checkpoint_path, read_record
 from sepo_ray.settings import parse_overrides
 
+#: variant -> its settings; each names its objective, so a task default (text: sepo_t) does not rename a row
 VARIANTS: dict[str, list[str]] = {
-    "sepo_grpo": [],
-    "sepo_no_snis": ["snis_samples=0"],
-    "sepo_gradient_flow": ["corrector_steps=1"],
+    "sepo_grpo": ["objective=sepo"],
+    "sepo_no_snis": ["objective=sepo", "snis_samples=0"],
+    "sepo_gradient_flow": ["objective=sepo", "corrector_steps=1"],
     "trajectory_grpo": ["objective=trajectory"],
     "sepo_t_grpo": ["objective=sepo_t"],
+    "sepo_t_critic": ["objective=sepo_t", "advantage=critic"],
 }
+KL_WINDOW = 3  # final KL of a run: the mean of its last iterations' path KL (one batch's is noisy)
+
+
+def variant_plan(variants: list[str], alphas: list[float] | None = None) -> dict[str, list[str]]:
+    """Run name -> settings: each variant, or with ``alphas`` each variant at each KL weight
+    (``<variant>_kl<alpha>``, the runs of the reward-vs-KL frontier)."""
+    if not alphas:
+        return {v: list(VARIANTS[v]) for v in variants}
+    return {f"{v}_kl{a:g}": [*VARIANTS[v], f"kl_alpha={a:g}"] for v in variants for a in alphas}
+
+
+def final_kl(record: dict) -> float:
+    """Mean path KL to the pretrained model (nats per sequence) over a run's last ``KL_WINDOW`` iterations."""
+    kls = [float(h["kl"]) for h in record["history"][-KL_WINDOW:]]
+    return float(np.mean(kls))
 
 
 def train_variants(
-    task: str, out: Path, variants: list[str], iterations: int, seed: int, extra: list[str]
+    task: str, out: Path, variants: dict[str, list[str]], iterations: int, seed: int, extra: list[str]
 ) -> dict[str, dict]:
-    """Runs (or resumes, or reuses) each variant's fine-tuning; returns name -> result.json record."""
+    """Runs (or resumes, or reuses) each run of ``variants`` (name -> settings, :func:`variant_plan`);
+    returns name -> result.json record."""
     from sepo_ray.run import train
 
     records = {}
-    for name in variants:
+    for name, settings in variants.items():
         run_dir = out / "runs" / name
         record = read_record(run_dir)
-        wanted = parse_overrides(VARIANTS[name] + extra)
+        wanted = parse_overrides(settings + extra)
         if record is not None and (record.get("seed") != seed or record.get("overrides") != wanted):
             raise ValueError(
                 f"{run_dir} was trained with seed {record.get('seed')} and overrides {record.get('overrides')}, "
@@ -80,19 +104,68 @@ def oracle_budget(record: dict) -> int:
 
 
 def best_of_n_row(task, budget: int, group: int, steps: int, reward: str | None = None):
-    """Row callable: seed -> the best of each group of ``group`` pretrained samples (C = budget candidates)."""
+    """Row callable: seed -> the best of each group of ``group`` pretrained samples (C = budget candidates).
+
+    For a task with prompts each group is ``group`` completions of one prompt: the seed's first C / N
+    evaluation prompts, the ones the other rows' first C / N sequences complete (so they pair)."""
     from sepo_ray.evaluation import load_generator
     from sepo_ray.oracles.pool import resolve_reward
 
     model, score = load_generator(task, "pretrained"), resolve_reward(reward or task.default_reward)
+    designs = budget // group
 
     def row(seed: int) -> list[str]:
-        candidates = task.sample(model, budget, steps, seed=10_000 + seed, batch_size=320)
-        scores = np.asarray(score(candidates)).reshape(-1, group)  # (C / N, N)
+        prompt = task.evaluation_prompts(seed, designs)  # (C / N, P) or None
+        if prompt is not None:
+            prompt = prompt.repeat_interleave(group, dim=0)  # (C, P): N completions of each prompt
+        candidates = task.sample(
+            model, designs * group, steps, seed=10_000 + seed, batch_size=320, prompt=prompt
+        )
+        scores = np.asarray(score(candidates)).reshape(designs, group)  # (C / N, N)
         best = scores.argmax(axis=1) + np.arange(scores.shape[0]) * group
         return [candidates[i] for i in best]
 
     return row
+
+
+def reward_kl_plot(path: Path, metrics: dict, kls: dict[str, float], scorer) -> Path:
+    """The reward-vs-KL frontier (as the DPO paper's IMDb figure): for each fine-tuned run its held-out
+    metric (mean over seeds, bar: std) against its final path KL; runs of one variant at several KL weights
+    (``<variant>_kl<alpha>``) joined in order of KL; the pretrained row at KL 0. One panel for the scorer's
+    first metric (the fine-tuning reward) and one for its ``score_metric`` when that is another (text: the
+    held-out judge)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys([next(iter(scorer.metric_labels)), getattr(scorer, "score_metric", None)]))
+    keys = [k for k in keys if k]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+    families: dict[str, list[str]] = {}
+    for name in kls:
+        families.setdefault(name.rsplit("_kl", 1)[0] if "_kl" in name else name, []).append(name)
+    for ax, key in zip(axes[0], keys):
+        for family, names in families.items():
+            names = sorted(names, key=kls.get)
+            xs = [kls[n] for n in names]
+            ys = [metrics[n][key]["mean"] for n in names]
+            es = [metrics[n][key]["std"] for n in names]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=family)
+            for n, x, y in zip(names, xs, ys):
+                if n != family:
+                    ax.annotate(f"α {n.rsplit('_kl', 1)[1]}", (x, y), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")  # fmt: skip
+        if "pretrained" in metrics:
+            ax.plot([0.0], [metrics["pretrained"][key]["mean"]], "k*", markersize=11, label="pretrained")
+        ax.set_xlabel("path KL to the pretrained model (nats / sequence)")
+        ax.set_ylabel(scorer.metric_labels.get(key, key))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
 
 
 def _file_hash(path: Path) -> str:
@@ -178,7 +251,6 @@ def main(argv=None) -> int:
         return frontier_main([a for a in argv if a != "--frontier"])
     from sepo_ray import evaluation
     from sepo_ray.evaluate import parse_seeds
-    from sepo_ray.run import DEFAULT_ITERATIONS
     from sepo_ray.tasks import available_tasks, get_task
 
     p = argparse.ArgumentParser(prog="python -m sepo_ray.compare", description=__doc__.splitlines()[0])
@@ -187,14 +259,20 @@ def main(argv=None) -> int:
     p.add_argument(
         "--iterations",
         type=int,
-        default=DEFAULT_ITERATIONS,
-        help="fine-tuning iterations per variant (same budget; default: the run's default)",
+        default=None,
+        help="fine-tuning iterations per variant (same budget; default: the task's `run` default)",
     )
     p.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}"
     )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override for all runs"
+    )
+    p.add_argument(
+        "--alphas",
+        default=None,
+        help="comma-separated KL weights: every variant at each (runs <variant>_kl<alpha>), for the "
+        "reward-vs-KL frontier (reward_kl.png)",
     )
     p.add_argument("--seed", type=int, default=0, help="training seed (the same for every variant)")
     p.add_argument("--num-samples", type=int, default=640)
@@ -210,6 +288,13 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--variants: unknown {unknown}; valid: {list(VARIANTS)}")
     seeds = parse_seeds(args.seeds, p)
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()] if args.alphas else None
+    except ValueError:
+        p.error(f"--alphas: expected comma-separated numbers, got {args.alphas!r}")
+    if alphas is not None and (not alphas or min(alphas) < 0):
+        p.error(f"--alphas: expected non-negative KL weights, got {args.alphas!r}")
+    runs = variant_plan(variants, alphas)
     if args.output.exists() and not args.output.is_dir():
         p.error(f"--output {args.output} is a file, not a directory")
     try:
@@ -217,6 +302,9 @@ def main(argv=None) -> int:
         parse_overrides(args.set)
     except ValueError as e:
         p.error(str(e))
+    iterations = args.iterations if args.iterations is not None else int(task.default_iterations)
+    if iterations < 1:
+        p.error("--iterations must be >= 1")
     try:  # a reference set smaller than --num-samples fails now, not after hours of training
         probed = evaluation.probe_references(task.reference_rows(), seeds[0], args.num_samples)
     except ValueError as e:
@@ -224,7 +312,7 @@ def main(argv=None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
 
     if args.skip_train:
-        records = {v: r for v in variants if (r := read_record(args.output / "runs" / v)) is not None}
+        records = {v: r for v in runs if (r := read_record(args.output / "runs" / v)) is not None}
     else:
         import ray
 
@@ -232,7 +320,7 @@ def main(argv=None) -> int:
 
         init_ray()
         try:
-            records = train_variants(args.task, args.output, variants, args.iterations, args.seed, args.set)
+            records = train_variants(args.task, args.output, runs, iterations, args.seed, args.set)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -243,7 +331,7 @@ def main(argv=None) -> int:
     from sepo_ray.runtime import write_json
 
     if not records:
-        p.error(f"no finished runs in {args.output / 'runs'} for {variants}")
+        p.error(f"no finished runs in {args.output / 'runs'} for {list(runs)}")
     first = next(iter(records.values()))
     steps = args.steps or int(first["config"]["denoise_steps"])
     budget = oracle_budget(first)
@@ -291,20 +379,23 @@ def main(argv=None) -> int:
             metrics[name]["win_rate"] = evaluation.mean_std(wins)
     evaluation.write_outputs(args.output, metrics, samples, scorer)
     budgets = {name: oracle_budget(r) for name, r in records.items()}
-    final_kl = {name: float(r["history"][-1]["kl"]) for name, r in records.items() if r["history"]}
+    kls = {name: final_kl(r) for name, r in records.items() if r["history"]}
     table = evaluation.format_table(metrics, scorer.metric_labels, scorer.metric_digits)
     header = (
         f"Oracle budget: {budget} fine-tuning-oracle calls per method ({len(first['history'])} iterations x "
         f"{budget // max(1, len(first['history']))} sequences); best_of_n keeps the best of each group of "
         f"{group} among {budget} pretrained samples ({budget // group} sequences per seed). "
         f"Seeds {seeds}, {args.num_samples} samples per seed and row, T = {steps}. Path KL to the pretrained "
-        f"model at the last iteration: {', '.join(f'{k} {v:.3g}' for k, v in final_kl.items())}.\n\n"
+        f"model (nats per sequence, mean of the last {KL_WINDOW} iterations): "
+        f"{', '.join(f'{k} {v:.3g}' for k, v in kls.items())}.\n\n"
     )
     (args.output / "table.md").write_text(header + table + "\n")
     write_json(
         args.output / "compare.json",
-        {"budgets": budgets, "final_kl": final_kl, "steps": steps, "group": group},
+        {"budgets": budgets, "final_kl": kls, "steps": steps, "group": group, "overrides": runs},
     )
+    if len(kls) > 1:
+        reward_kl_plot(args.output / "reward_kl.png", metrics, kls, scorer)
     print(header + table, flush=True)
     return 0
 

@@ -115,13 +115,13 @@ def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, mo
 def test_finished_runs_are_reused_only_when_trained_as_asked(tmp_path):
     record = _fake_run(tmp_path, "trajectory_grpo", seed=1)
     # finished with the same seed and overrides: reused, nothing is trained
-    assert compare.train_variants("dna", tmp_path, ["trajectory_grpo"], 1, 0, []) == {
+    assert compare.train_variants("dna", tmp_path, compare.variant_plan(["trajectory_grpo"]), 1, 0, []) == {
         "trajectory_grpo": record
     }
     with pytest.raises(ValueError, match=r"trained with seed 0 .* asks for seed 1"):
-        compare.train_variants("dna", tmp_path, ["trajectory_grpo"], 1, 1, [])
+        compare.train_variants("dna", tmp_path, compare.variant_plan(["trajectory_grpo"]), 1, 1, [])
     with pytest.raises(ValueError, match="'lr': 0.001"):
-        compare.train_variants("dna", tmp_path, ["trajectory_grpo"], 1, 0, ["lr=1e-3"])
+        compare.train_variants("dna", tmp_path, compare.variant_plan(["trajectory_grpo"]), 1, 0, ["lr=1e-3"])
 
 
 def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, capsys):

@@ -161,3 +161,74 @@ def test_a_task_without_prompts_refuses_a_prompt_file(tmp_path, capsys):
     path.write_text("ACGT\n", encoding="utf-8")
     assert evaluate.main(["dna", "--prompts", str(path), "--output", str(tmp_path / "ev")]) == 2
     assert "takes no prompts" in capsys.readouterr().err
+
+
+def test_win_rates_pair_a_shorter_row_with_the_first_prompts_of_the_baseline():
+    frame = pd.DataFrame(
+        {
+            "row": ["pretrained"] * 3 + ["bon"] * 2 + ["late"] * 2,
+            "seed": [0] * 7,
+            "prompt": ["p", "q", "r", "p", "q", "q", "r"],
+            "judge": [0.0, 1.0, 0.0, 1.0, 1.0, 2.0, 2.0],
+        }
+    )
+    assert evaluation.win_rates(frame, "bon", "pretrained", "judge") == [0.75]  # against p, q: win, tie
+    assert evaluation.win_rates(frame, "late", "pretrained", "judge") == []  # q, r are not the first two
+    assert (
+        evaluation.win_rates(frame.drop(columns="prompt"), "bon", "pretrained", "judge") == []
+    )  # no pairing
+
+
+def test_best_of_n_for_text_keeps_the_best_completion_of_each_prompt(monkeypatch):
+    from sepo_ray import compare
+    from sepo_ray.oracles import pool
+
+    task, seen = get_task("text"), []
+
+    def resolve(spec):
+        def score(texts):
+            seen.extend(texts)
+            return np.arange(len(texts)) % 3  # best of each group of 3: its last completion
+
+        return score
+
+    monkeypatch.setattr(pool, "resolve_reward", resolve)
+    row = compare.best_of_n_row(task, budget=6, group=3, steps=2)
+    kept = row(4)
+    heads = task.decode(task.evaluation_prompts(4, 2))  # the seed's first two evaluation prompts
+    assert len(seen) == 6 and kept == [seen[2], seen[5]]
+    assert all(t.startswith(heads[i // 3]) for i, t in enumerate(seen))  # each group completes one prompt
+    assert task.split_prompt(kept, task.evaluation_prompts(4, 2))[0] == heads
+
+
+def test_compare_text_alpha_runs_reward_kl_frontier_and_a_paired_best_of_n(tiny_net, tmp_path):
+    from sepo_ray import compare
+    from sepo_ray.models import save_model
+
+    runs = compare.variant_plan(["sepo_t_grpo"], [0.1, 1.0])
+    assert runs == {
+        "sepo_t_grpo_kl0.1": ["objective=sepo_t", "kl_alpha=0.1"],
+        "sepo_t_grpo_kl1": ["objective=sepo_t", "kl_alpha=1"],
+    }
+    for i, (name, settings) in enumerate(runs.items()):
+        entry = "checkpoints/iter_0002"
+        (tmp_path / "runs" / name / entry).mkdir(parents=True)
+        save_model(tiny_net, tmp_path / "runs" / name / entry / "generator.safetensors")
+        history = [{"iteration": j + 1, "kl": float(j + i)} for j in range(2)]  # 2 x 1 x 2 = 4 reward calls
+        record = {"config": {"prompts_per_batch": 1, "group_size": 2, "denoise_steps": 2}, "history": history,
+                  "final_checkpoint": entry, "seed": 0, "overrides": compare.parse_overrides(settings)}  # fmt: skip
+        (tmp_path / "runs" / name / "result.json").write_text(json.dumps(record))
+    argv = ["text", "--output", str(tmp_path), "--skip-train", "--variants", "sepo_t_grpo", "--alphas", "0.1,1",
+            "--num-samples", "3", "--seeds", "0,1", "--steps", "2", "--elbo-steps", "1"]  # fmt: skip
+    assert compare.main(argv) == 0
+    info = json.loads((tmp_path / "compare.json").read_text())
+    assert info["final_kl"] == {"sepo_t_grpo_kl0.1": 0.5, "sepo_t_grpo_kl1": 1.5}  # mean of the last (<= 3)
+    assert (tmp_path / "reward_kl.png").stat().st_size > 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    samples = pd.read_parquet(tmp_path / "samples.parquet")
+    for seed in (0, 1):  # best-of-2 at 4 calls: 2 completions, of the first 2 prompts the other rows complete
+        bon = samples[(samples.row == "best_of_n") & (samples.seed == seed)]["prompt"].tolist()
+        base = samples[(samples.row == "pretrained") & (samples.seed == seed)]["prompt"].tolist()
+        assert len(bon) == 2 and bon == base[:2]
+    assert 0.0 <= metrics["best_of_n"]["win_rate"]["mean"] <= 1.0
+    assert "win_rate" in metrics["sepo_t_grpo_kl1"]

@@ -71,6 +71,7 @@ class TextScorer(Scorer):
         "repeated_4grams": "repeated 4-grams ↓",
     }
     plot_score = "judge"
+    score_metric = "judge_mean"  # what a comparison ranks by: the held-out judge (the reward is trained on)
     plot_label = "VADER compound score (held-out judge)"
     paired_score = (
         "judge"  # the paper's Table 1 protocol: win rate over the pretrained model on the same prompts
