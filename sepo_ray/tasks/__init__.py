@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "sepo_ray.tasks"
 BUILTIN_TASKS = {
     "dna": "sepo_ray.tasks.dna:DNATask",
     "text": "sepo_ray.tasks.text:TextTask",
+    "text_sedd": "sepo_ray.tasks.text.sedd:SEDDTextTask",
     "toy": "sepo_ray.tasks.toy:ToyTask",
 }
 

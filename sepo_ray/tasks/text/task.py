@@ -76,6 +76,8 @@ class TextScorer(Scorer):
     paired_score = (
         "judge"  # the paper's Table 1 protocol: win rate over the pretrained model on the same prompts
     )
+    #: sequences per batch of the likelihood's ELBO (each ``elbo_steps`` rows through the net)
+    elbo_batch_size = 32
 
     def __init__(
         self,
@@ -120,7 +122,9 @@ class TextScorer(Scorer):
             x[i, :n] = prompt_ids[i, :n]
             x[i, n:] = completion_ids[i, : task.length - n]
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        bound, tokens = conditional_elbo(self.generator, x, lengths, self.elbo_steps, generator=gen)
+        bound, tokens = conditional_elbo(
+            self.generator, x, lengths, self.elbo_steps, generator=gen, batch_size=self.elbo_batch_size
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(tokens.numpy() > 0, -bound.numpy() / tokens.numpy(), np.nan)
 
@@ -228,7 +232,7 @@ class TextTask(Task):
                 raise ValueError(f"prompt {i} is empty")
             if len(ids) > self.prompt_length:
                 raise ValueError(
-                    f"prompt {i} is {len(ids)} GPT-2 tokens, longer than the prompt context of the text task "
+                    f"prompt {i} is {len(ids)} GPT-2 tokens, longer than the prompt context of the {self.name} task "
                     f"({self.prompt_length} of its {self.length} tokens): {text[:40]!r}"
                 )
         return self.vocab.encode(texts, self.prompt_length)  # (N, P)
@@ -275,7 +279,7 @@ class TextTask(Task):
         if getattr(net, "config", {}).get("vocab_size") != self.num_tokens + 1:
             raise ValueError(
                 f"{path}: a generator over {net.config.get('vocab_size')} token ids, the text task's vocabulary has "
-                f"{self.num_tokens + 1} (incl. MASK); a public SEDD checkpoint (full GPT-2 vocabulary) is not this task"
+                f"{self.num_tokens + 1} (incl. MASK); a public SEDD checkpoint (full GPT-2 vocabulary) is the `text_sedd` task's"
             )
         return MaskedView(net).eval()
 
