@@ -357,7 +357,7 @@ def train(
                 "time_s": round(time.time() - t0, 3),
             }
             for key, value in sepo_res.items():
-                if key.startswith("heldout_"):
+                if key.startswith(("heldout_", "critic_")):  # held-out scores; the critic's loss and fit
                     row[key] = float(value)
             record["history"].append(row)
             heldout = ", ".join(

@@ -199,6 +199,12 @@ def test_critic_run_on_the_toy_task_resumes_exactly(ray_session, tmp_path):
         json.loads((tmp_path / d / "result.json").read_text())["history"] for d in ("whole", "part")
     )
     assert len(whole) == 2 and [[h[k] for k in keys] for h in part] == [[h[k] for k in keys] for h in whole]
+    critic_keys = sorted(
+        k for k in whole[-1] if k.startswith("critic_")
+    )  # the critic's fit, kept per iteration
+    assert "critic_explained_var" in critic_keys and all(
+        np.isfinite(h[k]) for h in whole for k in critic_keys
+    )
     # the critic after iteration 2: weights, Adam moments and fit count equal to the uninterrupted run's
     # (a critic not restored would restart from its init and fit count 0 at the resumed iteration)
     saved = []

@@ -590,7 +590,10 @@ def test_dry_run_checks_every_reward_spec(tmp_path, monkeypatch, capsys, where, 
     raw = copy.deepcopy(read_sweep_yaml(CPU_FILE))
     raw[where]["reward"] = reward
     assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip().splitlines()
+    err = "\n".join(
+        line for line in err if "WARNING algorithm_config.py" not in line
+    )  # RLlib's once-a-process notice
     assert err.startswith(f"error: {message}") and "\n" not in err
     # a real run stops at the same check, before Ray or Tune start
     with pytest.raises(sweep.SweepError, match=re.escape(message)):
@@ -617,6 +620,18 @@ def test_text_sweep_file_parses_fits_two_cores_and_passes_its_dry_run(monkeypatc
     _no_ray(monkeypatch)
     assert sweep.main([str(TEXT_FILE), "--dry-run"]) == 0
     assert "searching kl_alpha, lr" in capsys.readouterr().out
+
+
+def test_every_trial_starts_from_the_tasks_run_defaults_then_the_sweep_file():
+    from sepo_ray.rllib import SEPOConfig
+    from sepo_ray.sweep.space import build_param_space
+    from sepo_ray.tasks import get_task
+
+    text = build_param_space(load_sweep_spec(TEXT_FILE), SEPOConfig)
+    assert text["objective"] == get_task("text").default_settings["objective"] == "sepo_t"
+    assert text["group_size"] == 4 and text["prompts_per_batch"] == 4  # the file's own values win
+    dna = build_param_space(load_sweep_spec(CPU_FILE), SEPOConfig)
+    assert dna["objective"] == "sepo" != get_task("dna").default_settings["objective"]  # named in the file
 
 
 def test_dry_run_refuses_a_trial_that_needs_more_gpus_than_there_are(tmp_path, monkeypatch, capsys):

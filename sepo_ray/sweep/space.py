@@ -29,12 +29,18 @@ def tune_domain(param: Param) -> Any:
 
 
 def build_param_space(spec: SweepSpec, config_cls: type | None = None) -> dict:
-    """Tune param_space: the base config (through ``config_cls().update_from_dict`` when given, i.e. a
-    full SEPOConfig dict) with each searched field replaced by its Tune domain (top-level keys)."""
+    """Tune param_space: the task's run defaults (``Task.default_settings``, as ``python -m sepo_ray.run`` uses
+    them), then the sweep's base config (through ``config_cls().update_from_dict`` when given, i.e. a full
+    SEPOConfig dict), with each searched field replaced by its Tune domain (top-level keys)."""
+    from sepo_ray.settings import SEPO_SETTINGS
+    from sepo_ray.tasks import get_task
+
+    task = spec.base_config.get("task", SEPO_SETTINGS["task"].default)
+    merged = {**get_task(task).default_settings, **spec.base_config}
     if config_cls is not None:
-        base = config_cls().update_from_dict(dict(spec.base_config)).to_dict()
+        base = config_cls().update_from_dict(merged).to_dict()
     else:
-        base = dict(spec.base_config)
+        base = merged
     for param in spec.search_space:
         base[param.field] = tune_domain(param)
     return base
