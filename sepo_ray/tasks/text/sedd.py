@@ -124,15 +124,8 @@ class SEDDTextTask(TextTask):
     prompt_length = 32  # text's openings are 8-16 tokens; a user's own prompts (prompts_file) may be longer
     num_tokens = GPT2_VOCAB_SIZE  # MASK = 50,257
     artifact_dir = ARTIFACT_DIR / "reward"  # the reward classifier; the likelihood's checkpoint: see below
-    # text's defaults: J = 8 of the 50,256 other tokens per position, SEPO at every noise level, light KL;
-    # 8 prompts x 4 completions per iteration
-    default_settings = {
-        "objective": "sepo_t",
-        "kl_alpha": 0.1,
-        "neighbour_tokens": 8,
-        "prompts_per_batch": 8,
-        "group_size": 4,
-    }
+    # default_settings: text's (inherited): J = 8 of the 50,256 other tokens per position, SEPO at every noise
+    # level, light KL, 8 prompts x 4 completions per iteration
     # 2,048 reward calls; meant for a GPU (num_gpus_per_learner=1): each step of the sampler and the learner runs
     # a 170M+ parameter net with a 50,257-way output over 32 x 128 positions (not yet measured)
     default_iterations = 64
