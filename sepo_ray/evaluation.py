@@ -232,19 +232,21 @@ def win_rates(samples: pd.DataFrame, row: str, baseline: str, score: str) -> lis
     sequence i of the baseline at that seed, ties counting half.
 
     The pairs must be pairs: with a ``prompt`` column, sequence i of both rows must complete the same prompt,
-    and a row with fewer sequences than the baseline pairs with the baseline's first ones (best-of-N at a
-    reward budget completes the first C / N of a seed's prompts); without one the counts must be equal. A row
-    that does not pair with the baseline at every seed (other prompts, another count of sequences, a seed the
-    baseline lacks) has no paired win rate: [] is returned rather than an unpaired comparison.
+    and rows of different lengths pair over the shorter one's sequences (best-of-N at a reward budget completes
+    the first C / N of a seed's prompts, the prompts every row starts with); without one the counts must be
+    equal. A row that does not pair with the baseline at every seed (other prompts, another count of sequences
+    without prompts, a seed the baseline lacks) has no paired win rate: [] is returned rather than an unpaired
+    comparison.
     """
     out = []
     base_rows = samples[samples["row"] == baseline]
     prompted = "prompt" in samples
     for seed, group in samples[samples["row"] == row].groupby("seed", sort=True):
         base = base_rows[base_rows["seed"] == seed]
-        if len(group) > len(base) or (len(group) < len(base) and not prompted) or not len(group):
+        if (len(group) != len(base) and not prompted) or not len(group) or not len(base):
             return []
-        base = base.iloc[: len(group)]
+        n = min(len(group), len(base))
+        group, base = group.iloc[:n], base.iloc[:n]
         if prompted and not np.array_equal(group["prompt"].to_numpy(), base["prompt"].to_numpy()):
             return []
         a, b = group[score].to_numpy(), base[score].to_numpy()

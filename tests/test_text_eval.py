@@ -163,7 +163,7 @@ def test_a_task_without_prompts_refuses_a_prompt_file(tmp_path, capsys):
     assert "takes no prompts" in capsys.readouterr().err
 
 
-def test_win_rates_pair_a_shorter_row_with_the_first_prompts_of_the_baseline():
+def test_win_rates_pair_rows_of_different_lengths_over_the_first_prompts():
     frame = pd.DataFrame(
         {
             "row": ["pretrained"] * 3 + ["bon"] * 2 + ["late"] * 2,
@@ -174,9 +174,10 @@ def test_win_rates_pair_a_shorter_row_with_the_first_prompts_of_the_baseline():
     )
     assert evaluation.win_rates(frame, "bon", "pretrained", "judge") == [0.75]  # against p, q: win, tie
     assert evaluation.win_rates(frame, "late", "pretrained", "judge") == []  # q, r are not the first two
-    assert (
-        evaluation.win_rates(frame.drop(columns="prompt"), "bon", "pretrained", "judge") == []
-    )  # no pairing
+    no_prompts = frame.drop(columns="prompt")
+    assert evaluation.win_rates(no_prompts, "bon", "pretrained", "judge") == []  # no way to pair them
+    swapped = frame[frame.row != "late"].replace({"row": {"pretrained": "bon", "bon": "pretrained"}})
+    assert evaluation.win_rates(swapped, "bon", "pretrained", "judge") == [0.25]  # the longer row: over p, q
 
 
 def test_best_of_n_for_text_keeps_the_best_completion_of_each_prompt(monkeypatch):
