@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sepo_ray.run import DEFAULT_TASK, checkpoint_path, read_record
+from sepo_ray.run import DEFAULT_TASK, checkpoint_path, read_record, trained_reward
 from sepo_ray.settings import parse_overrides
 
 #: variant -> its settings; each names its objective, so a task default (text: sepo_t) does not rename a row
@@ -75,14 +75,17 @@ def train_variants(
 ) -> dict[str, dict]:
     """Runs (or resumes, or reuses) each run of ``variants`` (name -> settings, :func:`variant_plan`);
     returns name -> result.json record."""
-    from sepo_ray.run import train
+    from sepo_ray.run import train, trained_as
+    from sepo_ray.tasks import get_task
 
     records = {}
+    task_obj = get_task(task)
+    pinned = {k: v for k, v in task_obj.benchmark_settings().items() if k == "reward"}
     for name, settings in variants.items():
         run_dir = out / "runs" / name
         record = read_record(run_dir)
-        wanted = parse_overrides(settings + extra)
-        if record is not None and (record.get("seed") != seed or record.get("overrides") != wanted):
+        wanted = {**pinned, **parse_overrides(settings + extra)}
+        if record is not None and (record.get("seed") != seed or not trained_as(record, wanted, task_obj)):
             raise ValueError(
                 f"{run_dir} was trained with seed {record.get('seed')} and overrides {record.get('overrides')}, "
                 f"this comparison asks for seed {seed} and {wanted}: use another --output or remove that run"
@@ -218,6 +221,7 @@ def row_plan(
 
     first = next(iter(records.values()))
     budget, group = oracle_budget(first), int(first["config"]["group_size"])
+    reward = trained_reward(first, task.default_reward)  # best-of-N selects on the reward the runs trained on
     settings = {
         "seeds": list(seeds),
         "num_samples": num_samples,
@@ -230,8 +234,8 @@ def row_plan(
     sources = {
         "pretrained": ({"generator": pretrained_hash}, lambda: load_generator(task, "pretrained")),
         "best_of_n": (
-            {"generator": pretrained_hash, "budget": budget, "group": group, "reward": first.get("reward")},
-            lambda: best_of_n_row(task, budget, group, steps, first.get("reward")),
+            {"generator": pretrained_hash, "budget": budget, "group": group, "reward": reward},
+            lambda: best_of_n_row(task, budget, group, steps, reward),
         ),
     }
     for name, record in records.items():

@@ -52,7 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="training iterations (total; default: the task's, 16 for most)",
     )
     p.add_argument("--output", default=None, help="output directory (default runs/<task>-<time>)")
-    p.add_argument("--reward", default=None, help="reward 'module:function' (default: the task's oracle)")
+    p.add_argument(
+        "--reward",
+        default=None,
+        help="reward 'module:function' or oracle name (default: the task's run defaults' reward, else its oracle)",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, repeatable"
     )
@@ -78,8 +82,10 @@ def build_config(task: str, reward: str | None, seed: int, overrides: dict):
     from sepo_ray.rllib import SEPO_FIELDS, SEPOConfig
     from sepo_ray.tasks import get_task
 
-    config = SEPOConfig().sepo(task=task, reward=reward).debugging(seed=seed)
+    config = SEPOConfig().sepo(task=task).debugging(seed=seed)
     overrides = {**get_task(task).default_settings, **overrides}  # the task's defaults, then the user's
+    if reward is not None:  # --reward beats a reward the task's run defaults name
+        overrides["reward"] = reward
     sepo_kw = {k: v for k, v in overrides.items() if k in SEPO_FIELDS}
     rllib_kw = {k: v for k, v in overrides.items() if k not in SEPO_FIELDS}
     config.sepo(**sepo_kw)
@@ -190,8 +196,32 @@ class DivergedError(RuntimeError):
     """A run met non-finite losses, gradients or weights and stopped; its last checkpoint is intact."""
 
 
+def trained_reward(record: dict, default_reward: str) -> str:
+    """The reward a recorded run trained on: its configuration's (unset: the task's ``default_reward``)."""
+    return record.get("config", {}).get("reward") or record.get("reward") or default_reward
+
+
+def asked_reward(overrides: dict, task) -> str:
+    """The reward a run with ``overrides`` trains on: theirs, else the task's run defaults', else its
+    ``default_reward``."""
+    reward = overrides["reward"] if "reward" in overrides else task.default_settings.get("reward")
+    return reward or task.default_reward
+
+
+def trained_as(record: dict, wanted: dict, task, ignore=frozenset()) -> bool:
+    """Whether a recorded run was trained with the settings ``wanted`` (keys in ``ignore`` aside), the reward
+    compared as trained on (a run that named none trained on its configuration's, else the task's)."""
+
+    def rest(overrides: dict) -> dict:
+        return {k: v for k, v in overrides.items() if k != "reward" and k not in ignore}
+
+    return rest(record.get("overrides", {})) == rest(wanted) and trained_reward(
+        record, task.default_reward
+    ) == asked_reward(wanted, task)
+
+
 def _resume_settings(
-    previous: dict, overrides: dict, seed: int | None, reward: str | None
+    previous: dict, overrides: dict, seed: int | None, reward: str | None, default_reward: str
 ) -> tuple[dict, dict]:
     """(the resumed run's overrides, the changes recorded): refuses a seed, reward or setting that would make
     the resumed run another run."""
@@ -200,21 +230,44 @@ def _resume_settings(
             f"--seed {seed}: this run was trained with seed {previous.get('seed')}; a resumed run keeps its seed "
             "(drop --seed, or start a new run elsewhere)"
         )
-    if reward is not None and reward != previous.get("reward"):
+    was = trained_reward(previous, default_reward)
+    if reward is not None and reward != was:
         raise ValueError(
-            f"--reward {reward}: this run was trained with reward {previous.get('reward')!r}; start a new run "
-            "to train on another reward"
+            f"--reward {reward}: this run was trained with reward {was!r}; start a new run to train on another "
+            "reward"
         )
     trained = previous["overrides"]
-    changed = {k: v for k, v in overrides.items() if trained.get(k, previous["config"].get(k)) != v}
+
+    def before(key: str):
+        return was if key == "reward" else trained.get(key, previous["config"].get(key))
+
+    def differs(key: str, value) -> bool:
+        return before(key) != ((value or default_reward) if key == "reward" else value)
+
+    changed = {k: v for k, v in overrides.items() if differs(k, v)}
     refused = sorted(k for k in changed if k not in RESUMABLE)
     if refused:
-        was = ", ".join(f"{k}={trained.get(k, previous['config'].get(k))!r}" for k in refused)
+        listed = ", ".join(f"{k}={before(k)!r}" for k in refused)
         raise ValueError(
-            f"--set {', '.join(refused)}: this run was trained with {was}; changing it would not continue the same "
+            f"--set {', '.join(refused)}: this run was trained with {listed}; changing it would not continue the same "
             f"run (start a new run elsewhere; a resume may change only {', '.join(sorted(RESUMABLE))})"
         )
     return {**trained, **changed}, changed
+
+
+def resumed_settings(previous: dict | None, overrides: dict) -> dict:
+    """The settings ``build_config`` gets: a resumed run's recorded configuration (its SEPO fields, lr and
+    num_epochs) under ``overrides``, so that a release with other run defaults continues the run as it was
+    trained; a new run's ``overrides`` as they are."""
+    if previous is None:
+        return dict(overrides)
+    from sepo_ray.rllib import SEPO_FIELDS
+
+    recorded = {
+        k: v for k, v in previous.get("config", {}).items() if k in SEPO_FIELDS or k in ("lr", "num_epochs")
+    }
+    recorded.pop("task", None)
+    return {**recorded, **overrides}
 
 
 def _restore_last_good(algo, out: Path, record: dict) -> Path | None:
@@ -273,15 +326,17 @@ def train(
     overrides = dict(overrides or {})
     if "task" in overrides:
         raise ValueError("--set task=...: the task is the command's first argument, not a --set field")
+    if reward is not None and "reward" in overrides:
+        raise ValueError("--reward and --set reward=: one setting, given twice; give one of them")
+    task_obj = get_task(task)
     changed = {}
     if previous is not None:
         if previous.get("task", task) != task:
             raise ValueError(f"--resume: {out} holds a run of task {previous['task']!r}, not {task!r}")
-        overrides, changed = _resume_settings(previous, overrides, seed, reward)
+        overrides, changed = _resume_settings(previous, overrides, seed, reward, task_obj.default_reward)
         seed, reward = previous.get("seed"), previous.get("reward")
     seed = 0 if seed is None else seed
-    task_obj = get_task(task)
-    config = build_config(task, reward, seed, overrides)
+    config = build_config(task, reward, seed, resumed_settings(previous, overrides))
     check_reward_spec(config.reward or task_obj.default_reward)
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "result.json"

@@ -30,7 +30,7 @@ def _fake_run(root, name, seed, iterations=1, batch=2, group=2):
         "final_checkpoint": entry,
         "checkpoints": [entry],
         "seed": 0,
-        "overrides": compare.parse_overrides(compare.VARIANTS[name]),
+        "overrides": {"reward": "dna_ft", **compare.parse_overrides(compare.VARIANTS[name])},
     }
     (root / "runs" / name / "result.json").write_text(json.dumps(record))
     return record
@@ -122,6 +122,39 @@ def test_finished_runs_are_reused_only_when_trained_as_asked(tmp_path):
         compare.train_variants("dna", tmp_path, compare.variant_plan(["trajectory_grpo"]), 1, 1, [])
     with pytest.raises(ValueError, match="'lr': 0.001"):
         compare.train_variants("dna", tmp_path, compare.variant_plan(["trajectory_grpo"]), 1, 0, ["lr=1e-3"])
+
+
+def test_variants_train_and_best_of_n_selects_on_the_benchmark_reward(tmp_path, monkeypatch):
+    import sepo_ray.run
+
+    asked = {}
+
+    def fake_train(task, run_dir, iterations, seed, overrides, **kw):
+        asked[run_dir.name] = overrides
+        return _fake_run(tmp_path, run_dir.name, seed)
+
+    monkeypatch.setattr(sepo_ray.run, "train", fake_train)
+    runs = compare.variant_plan(["sepo_grpo", "trajectory_grpo"])
+    compare.train_variants("dna", tmp_path, runs, 1, 0, [])
+    # the DNA run defaults name a guarded reward; a comparison spends every call on the fine-tuning oracle
+    assert {name: o["reward"] for name, o in asked.items()} == {
+        "sepo_grpo": "dna_ft",
+        "trajectory_grpo": "dna_ft",
+    }
+    asked.clear()
+    with pytest.raises(ValueError, match="trained with"):  # a run on another reward is not reused
+        compare.train_variants("dna", tmp_path, runs, 1, 0, ["reward=dna_eval"])
+    # a run recorded before the run defaults named a reward trained on dna_ft: reused as it is
+    record = json.loads((tmp_path / "runs" / "sepo_grpo" / "result.json").read_text())
+    record["overrides"].pop("reward")
+    (tmp_path / "runs" / "sepo_grpo" / "result.json").write_text(json.dumps(record))
+    assert compare.train_variants("dna", tmp_path, runs, 1, 0, [])["sepo_grpo"] == record and not asked
+    # and best-of-N selects on the reward the runs trained on
+    from sepo_ray.tasks import get_task
+
+    records = compare.train_variants("dna", tmp_path, runs, 1, 0, [])
+    rows = compare.row_plan(get_task("dna"), tmp_path, records, [0], 4, 2, 1)
+    assert rows["best_of_n"][0]["reward"] == "dna_ft"
 
 
 def test_unknown_variant_and_missing_runs_are_clear_errors(tmp_path, capsys):

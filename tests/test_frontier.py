@@ -197,6 +197,10 @@ def test_frontier_refuses_budgets_it_cannot_spend_exactly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.main(frontier_args(tmp_path, "--set", "bogus.lr=1"))
     assert "'bogus' is not a fine-tuning method" in capsys.readouterr().err
+    for fixed in ("reward=x:y", "sepo.reward=x:y"):  # best-of-N would select on another reward
+        with pytest.raises(SystemExit):
+            compare.main(frontier_args(tmp_path, "--set", fixed))
+        assert "trains and selects every method on the task's reward" in capsys.readouterr().err
 
 
 def test_best_row_keeps_to_the_realism_guard():
@@ -230,6 +234,12 @@ def test_every_method_gets_the_same_search():
     assert first.scheduler.time_attr == "time_total_s" and first.stop == {"training_iteration": 8}
     assert first.select_min == {"sepo/heldout_realism": 0.85}
     assert [p.field for p in first.search_space] == ["kl_alpha", "lr"]
+    dna = frontier.tuning_sweep(get_task("dna"), "trajectory", {}, ["kl_alpha"], 2, 0, 60.0, 0.9, 8, 64, 2)
+    assert dna.base_config["reward"] == "dna_ft" == get_task("dna").default_reward  # the benchmark's reward
+    assert "kl_alpha" not in dna.base_config and "kl_alpha" in get_task("dna").default_settings  # searched
+    from sepo_ray.frontier.cli import _reward_pin
+
+    assert _reward_pin(get_task("dna")) == {"reward": "dna_ft"} and _reward_pin(task) == {}  # the runs' too
 
 
 def test_tuning_writes_its_choice_and_the_runs_use_it(ray_session, tmp_path, monkeypatch, capsys):

@@ -35,11 +35,11 @@ def heldout():
 
 @pytest.fixture(scope="module")
 def oracles():
-    return {name: get_oracle(name) for name in ("dna_ft", "dna_eval", "dna_atac")}
+    return {name: get_oracle(name) for name in ("dna_ft", "dna_eval", "dna_atac", "dna_ft_accessible")}
 
 
 def test_registry():
-    assert set(oracle_names()) >= {"dna_ft", "dna_eval", "dna_atac", "motif_count"}
+    assert set(oracle_names()) >= {"dna_ft", "dna_eval", "dna_atac", "dna_ft_accessible", "motif_count"}
     with pytest.raises(ValueError, match=r"oracle name must be one of \['dna_atac', 'dna_eval'"):
         get_oracle("dna_typo")
 
@@ -57,7 +57,7 @@ def test_interface_strings_tokens_and_strands(oracles, heldout):
     assert ((probs >= 0) & (probs <= 1)).all()
 
 
-@pytest.mark.parametrize("name", ["dna_ft", "dna_eval", "dna_atac", "motif_count"])
+@pytest.mark.parametrize("name", ["dna_ft", "dna_eval", "dna_atac", "dna_ft_accessible", "motif_count"])
 def test_bad_sequences_are_named(name, oracles):
     oracle = oracles.get(name) or get_oracle(name)
     good = "ACGT" * 50
@@ -84,6 +84,29 @@ def test_accessibility_prefers_real_dhs(oracles, heldout):
     shuffled = dinucleotide_shuffle_batch(x, np.random.default_rng(0))
     real, fake = oracles["dna_atac"](x), oracles["dna_atac"](shuffled)
     assert auroc(np.r_[real, fake], np.r_[np.ones(len(real)), np.zeros(len(fake))].astype(bool)) >= 0.75
+
+
+def test_accessible_reward_is_activity_plus_guarded_accessibility(oracles, heldout):
+    from sepo_ray.tasks.dna.oracles import AccessibleFTOracle, ClassifierOracle, artifact_path
+
+    x = heldout[0]
+    shuffled = dinucleotide_shuffle_batch(x, np.random.default_rng(1))
+    guard = ClassifierOracle(artifact_path("ft_accessibility"), "logit")
+    # the guard is another family on chromosome half A, not the evaluation's ATAC classifier, and it works
+    assert type(guard.model).__name__ != type(oracles["dna_atac"].model).__name__
+    real, fake = guard(x), guard(shuffled)
+    assert auroc(np.r_[real, fake], np.r_[np.ones(len(real)), np.zeros(len(fake))].astype(bool)) >= 0.75
+    # reward = HepG2 log-odds + weight * log sigmoid(guard logit), exactly
+    ft = oracles["dna_ft"](x)
+    expected = ft + np.log(1.0 / (1.0 + np.exp(-real)))
+    np.testing.assert_allclose(oracles["dna_ft_accessible"](x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(AccessibleFTOracle(weight=0.0)(x), ft, rtol=1e-6, atol=1e-6)
+    # the penalty only: at most 0, and larger for shuffled-looking sequences
+    penalty = oracles["dna_ft_accessible"](shuffled) - oracles["dna_ft"](shuffled)
+    assert (penalty <= 0).all() and penalty.mean() < (expected - ft).mean()
+    for bad in (-1.0, float("nan"), float("inf"), "heavy", None):
+        with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+            AccessibleFTOracle(weight=bad)
 
 
 def test_score_threshold_matches_enumeration():
@@ -128,3 +151,29 @@ def test_dna_task_interface(heldout):
     assert held["heldout_score"] == pytest.approx(float(np.median(get_oracle("dna_eval")(x))), rel=1e-6)
     sampled = task.sample(task.build_denoiser(), 4, 2, seed=0)
     assert sampled == task.sample(task.build_denoiser(), 4, 2, seed=0) and all(len(s) == 200 for s in sampled)
+
+
+def test_shipped_classifier_cards_are_the_pretraining_configs(tmp_path):
+    """Every shipped classifier was trained with the config `python -m sepo_ray.pretrain dna` would use, and
+    the accessibility guard's recipe trains end to end (a few rows) into a loadable logit oracle."""
+    import dataclasses
+    import json
+
+    from sepo_ray.tasks.dna.data import load_dhs
+    from sepo_ray.tasks.dna.oracles import ClassifierOracle, artifact_path
+    from sepo_ray.tasks.dna.pretrain import CONFIGS, MODEL_NAMES, train_classifier
+
+    for name in MODEL_NAMES[1:]:
+        card = json.loads(artifact_path(name).with_suffix(".json").read_text())
+        assert card["train_config"] == json.loads(json.dumps(dataclasses.asdict(CONFIGS[name]))), name
+    guard = json.loads(artifact_path("ft_accessibility").with_suffix(".json").read_text())
+    ft_card = json.loads(artifact_path("ft_oracle").with_suffix(".json").read_text())
+    assert (
+        guard["data"]["train_chromosomes"] == ft_card["data"]["train_chromosomes"]
+    )  # half A, the reward's half
+    atac = json.loads(artifact_path("accessibility").with_suffix(".json").read_text())
+    assert guard["class"] != atac["class"] and guard["heldout"]["test"]["auroc_real_vs_shuffled"] > 0.85
+    small = dataclasses.replace(CONFIGS["ft_accessibility"], epochs=1, max_train_rows=256, max_eval_rows=64)
+    train_classifier(load_dhs(), "ft_accessibility", small, tmp_path, threads=1, log=lambda msg: None)
+    logits = ClassifierOracle(tmp_path / "ft_accessibility.safetensors", "logit")(["ACGT" * 50] * 3)
+    assert logits.shape == (3,) and np.isfinite(logits).all()

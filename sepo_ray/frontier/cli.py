@@ -290,6 +290,12 @@ def setup(argv=None) -> Frontier:
         args.chosen = json.loads(args.configs.read_text()) if args.configs else {}
     except (ValueError, OSError) as e:
         p.error(str(e))
+    fixed = [args.common, *args.own.values(), *(c for c in args.chosen.values() if isinstance(c, dict))]
+    if any("reward" in f for f in fixed):
+        p.error(
+            f"--set / --configs reward: the frontier trains and selects every method on the task's reward "
+            f"({task.default_reward}); to compare methods on another reward, make it a task's default_reward"
+        )
     bad = [m for m in args.chosen if m not in FINETUNE or not isinstance(args.chosen[m], dict)]
     if bad:
         p.error(
@@ -308,6 +314,7 @@ def setup(argv=None) -> Frontier:
     try:
         for m in tuned:  # the settings before tuning: the batch and T do not depend on alpha or lr
             configs[m] = {
+                **_reward_pin(task),
                 **args.common,
                 **args.chosen.get(m, {}),
                 **args.own[m],
@@ -328,6 +335,12 @@ def setup(argv=None) -> Frontier:
         if key not in scorer.metric_labels:
             p.error(f"metric {key!r} is not one of the scorer's {list(scorer.metric_labels)}")
     return Frontier(args, task, methods, budgets, seeds, configs, batches, needed, scorer, score, realism)
+
+
+def _reward_pin(task) -> dict:
+    """The benchmark's reward for every run when the task's run defaults name another: best-of-N and SVDD
+    select on ``task.default_reward``, every fine-tuning method trains on it (``--set reward`` is refused)."""
+    return {k: v for k, v in task.benchmark_settings().items() if k == "reward"}
 
 
 def main(argv=None) -> int:
@@ -354,7 +367,7 @@ def main(argv=None) -> int:
             started = init_ray(a.num_cpus)
             try:
                 for m in f.tuned:
-                    f.configs[m] = {**a.common, **tuning[m]["config"], **a.chosen.get(m, {}), **a.own[m],
+                    f.configs[m] = {**_reward_pin(f.task), **a.common, **tuning[m]["config"], **a.chosen.get(m, {}), **a.own[m],
                                     **parse_overrides(FINETUNE[m])}  # fmt: skip
                     every = checkpoint_every(f.needed[m])
                     f.records[m] = train_runs(

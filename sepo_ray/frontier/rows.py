@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sepo_ray.compare import _file_hash
-from sepo_ray.run import RESUMABLE, checkpoint_path, read_record
+from sepo_ray.run import RESUMABLE, checkpoint_path, read_record, trained_as
 
 
 def train_runs(
@@ -19,15 +19,16 @@ def train_runs(
     """Each seed's run of ``method`` to ``iterations`` with a checkpoint every ``every`` (reused when finished,
     resumed when not, refused when trained with other settings); returns {seed: result.json record}."""
     from sepo_ray.run import train
+    from sepo_ray.tasks import get_task
 
+    task = get_task(task_name)
     records = {}
     wanted = {**overrides, "checkpoint_frequency": every}
     for seed in seeds:
         run_dir = out / "runs" / method / f"seed{seed}"
         record = read_record(run_dir)
         if record is not None:
-            same = {k: v for k, v in record.get("overrides", {}).items() if k not in RESUMABLE}
-            if record.get("seed") != seed or same != {k: v for k, v in wanted.items() if k not in RESUMABLE}:
+            if record.get("seed") != seed or not trained_as(record, wanted, task, ignore=RESUMABLE):
                 raise ValueError(
                     f"{run_dir} was trained with seed {record.get('seed')} and overrides {record.get('overrides')}, "
                     f"this frontier asks for seed {seed} and {wanted}: use another --output or move that run aside"

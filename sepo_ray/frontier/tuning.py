@@ -22,7 +22,7 @@ def tuning_sweep(
     from sepo_ray.sweep import parse_sweep_spec
 
     base = {
-        **task.default_settings,
+        **task.benchmark_settings(),
         **fixed,
         **parse_overrides(FINETUNE[method]),
         "task": task.name,
@@ -32,6 +32,7 @@ def tuning_sweep(
         "num_learners": 0,
         "seed": 0,
     }
+    base = {k: v for k, v in base.items() if k not in searched}  # a run default of a searched field yields
     concurrent = max(1, min(2, num_cpus or 2))
     raw = {
         "name": f"frontier_{method}",

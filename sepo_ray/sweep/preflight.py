@@ -31,8 +31,8 @@ def _values(spec: SweepSpec, name: str) -> Iterator[tuple[str, Any]]:
 def check_rewards(spec: SweepSpec) -> None:
     """Check every reward spec a trial could get with ``check_reward_spec`` (an import, no model built).
 
-    ``reward`` from base_config or each searched value; None stands for the task's ``default_reward`` (each
-    task the sweep uses). Raises SweepError naming the key, e.g. ``base_config.reward: reward 'nosuch:f':
+    ``reward`` from base_config or each searched value; None stands for the reward of the task's run defaults,
+    else its ``default_reward`` (each task the sweep uses). Raises SweepError naming the key, e.g. ``base_config.reward: reward 'nosuch:f':
     cannot import module 'nosuch' ...``.
     """
     from sepo_ray.oracles.pool import check_reward_spec
@@ -45,10 +45,11 @@ def check_rewards(spec: SweepSpec) -> None:
             specs = []
             for task_where, task in _values(spec, "task"):
                 try:
-                    default = get_task(task).default_reward
+                    task_obj = get_task(task)
                 except ValueError as err:
                     raise SweepError(f"{task_where}: {err}") from None
-                specs.append((f"{where} (unset: task {task!r}'s default_reward)", default))
+                default = task_obj.default_settings.get("reward") or task_obj.default_reward
+                specs.append((f"{where} (unset: task {task!r}'s default {default!r})", default))
         for key, value in specs:
             try:
                 check_reward_spec(value)

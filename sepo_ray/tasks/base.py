@@ -99,11 +99,22 @@ class Task:
     #: Settings this task runs with unless the user sets them (``python -m sepo_ray.run`` applies them first), for
     #: example the token proposals J a large vocabulary needs; names and ranges are the settings schema's.
     default_settings: ClassVar[Mapping[str, object]] = {}
+    #: ``default_settings`` may name a ``reward`` (a guarded variant of ``default_reward`` for the default run);
+    #: the method comparisons train and select on ``default_reward`` itself (:meth:`benchmark_settings`).
     #: iterations of ``python -m sepo_ray.run TASK`` without ``--iterations`` (its default oracle budget is this
     #: times prompts_per_batch * group_size)
     default_iterations: ClassVar[int] = 16
     #: the folder of the task's shipped artifacts (hashed by ``evaluation_fingerprint``), or None
     artifact_dir: ClassVar[Path | None] = None
+
+    def benchmark_settings(self) -> dict:
+        """The run defaults with the benchmark's reward (``default_reward``) in place of any reward they name:
+        what ``compare`` and the frontier train with, so that every method and best-of-N spend their calls on
+        one reward."""
+        settings = dict(self.default_settings)
+        if "reward" in settings:
+            settings["reward"] = self.default_reward
+        return settings
 
     # ------------------------------------------------------------------------------------- vocabulary
     def decode(self, x: Tensor | np.ndarray) -> list[str]:

@@ -7,7 +7,10 @@ the offending sequence index and character (or length).
 
 - :class:`FTOracle`: HepG2 log-odds of the fine-tuning oracle (dilated CNN, chromosome half A) — the reward;
 - :class:`EvalOracle`: HepG2 log-odds of the evaluation oracle (k-mer MLP, chromosome half B) — Pred-Activity;
-- :class:`AccessibilityClassifier`: P(real DHS | x) against dinucleotide-shuffled DHS — ATAC-Acc.
+- :class:`AccessibilityClassifier`: P(real DHS | x) against dinucleotide-shuffled DHS — ATAC-Acc;
+- :class:`AccessibleFTOracle`: the fine-tuning oracle's HepG2 log-odds + ``weight`` * log P(real DHS | x) under
+  the accessibility guard (k-mer MLP, chromosome half A; never the ATAC-Acc classifier) — a reward that pays for
+  activity only in sequences that still look accessible.
 
 HepG2 log-odds = log p(HepG2 | x) - log(1 - p(HepG2 | x)) under the classifier's 4-way softmax over
 (GM12878, hESCT0, K562, HepG2) = logit_HepG2 - logsumexp(other logits), with logits averaged over both strands.
@@ -29,7 +32,8 @@ ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 
 
 def artifact_path(name: str) -> Path:
-    """Path of a shipped DNA artifact (``generator``, ``ft_oracle``, ``eval_oracle``, ``accessibility``)."""
+    """Path of a shipped DNA artifact (``generator``, ``ft_oracle``, ``eval_oracle``, ``accessibility``,
+    ``ft_accessibility``)."""
     path = ARTIFACT_DIR / f"{name}.safetensors"
     if not path.is_file():
         raise FileNotFoundError(
@@ -65,7 +69,8 @@ class SequenceOracle:
 
 
 class ClassifierOracle(SequenceOracle):
-    """A classifier artifact, strand-averaged; ``output`` is "hepg2_log_odds" (4 classes) or "probability" (1)."""
+    """A classifier artifact, strand-averaged; ``output`` is "hepg2_log_odds" (4 classes), "probability" or
+    "logit" (1 output)."""
 
     def __init__(
         self,
@@ -77,8 +82,8 @@ class ClassifierOracle(SequenceOracle):
         super().__init__(device, batch_size)
         from .models import load_model
 
-        if output not in ("hepg2_log_odds", "probability"):
-            raise ValueError(f"output must be 'hepg2_log_odds' or 'probability', got {output!r}")
+        if output not in ("hepg2_log_odds", "probability", "logit"):
+            raise ValueError(f"output must be 'hepg2_log_odds', 'probability' or 'logit', got {output!r}")
         self.path = Path(path)
         self.output = output
         self.model = load_model(self.path, self.device)
@@ -92,6 +97,8 @@ class ClassifierOracle(SequenceOracle):
         logits = self.logits(x)  # (B, C)
         if self.output == "probability":
             return torch.sigmoid(logits[:, 0])  # (B,)
+        if self.output == "logit":
+            return logits[:, 0]  # (B,)
         others = torch.cat([logits[:, :HEPG2], logits[:, HEPG2 + 1 :]], dim=1)  # (B, 3)
         return logits[:, HEPG2] - torch.logsumexp(others, dim=1)  # (B,) HepG2 log-odds
 
@@ -120,3 +127,41 @@ class AccessibilityClassifier(ClassifierOracle):
 
     def __init__(self, path: str | Path | None = None, device=None, batch_size: int = 1024):
         super().__init__(path or artifact_path("accessibility"), "probability", device, batch_size)
+
+
+class AccessibleFTOracle(SequenceOracle):
+    """HepG2 log-odds (fine-tuning oracle) + ``weight`` * log P(real DHS | x) under the accessibility guard.
+
+    log P = log sigmoid(guard logit) is about the logit for sequences the guard judges shuffled-like and about 0
+    for those it judges DHS-like, so the term penalises losing accessibility without paying for more of it. The
+    guard is :class:`~sepo_ray.tasks.dna.classifiers.KmerMLPClassifier` trained on chromosome half A (artifact
+    ``ft_accessibility``); the evaluation's ATAC-Acc classifier is a dilated CNN and stays unseen by training.
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        ft_path: str | Path | None = None,
+        guard_path: str | Path | None = None,
+        device=None,
+        batch_size: int = 1024,
+    ):
+        super().__init__(device, batch_size)
+        try:
+            w = float(weight)
+        except (TypeError, ValueError):
+            w = float("nan")
+        if not (np.isfinite(w) and w >= 0.0):
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        self.weight = w
+        self.ft = FTOracle(ft_path, device, batch_size)
+        self.guard = ClassifierOracle(
+            guard_path or artifact_path("ft_accessibility"), "logit", device, batch_size
+        )
+
+    def score_tokens(self, x: Tensor) -> Tensor:
+        guard_logit = self.guard.score_tokens(x)  # (B,)
+        return self.ft.score_tokens(x) + self.weight * torch.nn.functional.logsigmoid(guard_logit)  # (B,)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weight={self.weight}, device={str(self.device)!r})"

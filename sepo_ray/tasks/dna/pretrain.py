@@ -1,6 +1,6 @@
 """Train the DNA task's shipped models: ``python -m sepo_ray.pretrain dna [--only NAME] [--output DIR]``.
 
-Four models, each written as ``NAME.safetensors`` + ``NAME.json`` (a card: data SHA-256, config, training time,
+Five models, each written as ``NAME.safetensors`` + ``NAME.json`` (a card: data SHA-256, config, training time,
 held-out figures) in ``--output`` (default ``pretrained/dna`` under the current directory; the shipped
 artifacts in the package are never written over):
 
@@ -10,7 +10,9 @@ artifacts in the package are never written over):
 - ``eval_oracle``: 4-way cell-type :class:`~sepo_ray.tasks.dna.classifiers.KmerMLPClassifier` on chromosome half B
   (a different model family, App. E.2 uses two oracles on disjoint chromosome halves);
 - ``accessibility``: binary :class:`~sepo_ray.tasks.dna.classifiers.DilatedCNNClassifier`, real DHS vs. dinucleotide-shuffled
-  DHS (fresh shuffles each epoch), on all training chromosomes.
+  DHS (fresh shuffles each epoch), on all training chromosomes (ATAC-Acc, evaluation only);
+- ``ft_accessibility``: the same task for a :class:`~sepo_ray.tasks.dna.classifiers.KmerMLPClassifier` on chromosome
+  half A — the accessibility guard that a fine-tuning reward may use (never the evaluation classifier).
 
 Oracles keep the epoch with the best validation (chr2) AUROC and report the test (chr1) figures.
 Runs are seeded and deterministic for a given seed and thread count (``--threads``, default 1).
@@ -41,7 +43,7 @@ from .data.dhs import SPLITS, DHSData, sha256_file
 from .data.sequences import dinucleotide_shuffle_batch
 from .models import ARTIFACT_DIR, DNAConvDenoiser
 
-MODEL_NAMES = ("generator", "ft_oracle", "eval_oracle", "accessibility")
+MODEL_NAMES = ("generator", "ft_oracle", "eval_oracle", "accessibility", "ft_accessibility")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,17 @@ CONFIGS: dict[str, GeneratorConfig | ClassifierConfig] = {
         lr=2e-3,
         task="accessibility",
         seed=3,
+    ),
+    # the accessibility guard of the fine-tuning reward: another model family, chromosome half A only, so that
+    # a policy that fools it does not thereby fool the evaluation classifier above
+    "ft_accessibility": ClassifierConfig(
+        model="kmer",
+        model_kwargs={"num_classes": 1, "ks": [1, 2, 3, 4, 5, 6], "hidden_dim": 256, "dropout": 0.3},
+        train_split="half_a",
+        epochs=3,
+        lr=1e-3,
+        task="accessibility",
+        seed=4,
     ),
 }
 
