@@ -588,6 +588,7 @@ def _no_ray(monkeypatch, cuda_devices=0):
 def test_dry_run_checks_every_reward_spec(tmp_path, monkeypatch, capsys, where, reward, message):
     _no_ray(monkeypatch)
     raw = copy.deepcopy(read_sweep_yaml(CPU_FILE))
+    raw["base_config"].pop("reward")  # the file names the benchmark's reward; a field lives in one place
     raw[where]["reward"] = reward
     assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
