@@ -32,7 +32,8 @@ def tuning_sweep(
         "num_learners": 0,
         "seed": 0,
     }
-    base = {k: v for k, v in base.items() if k not in searched}  # a run default of a searched field yields
+    # a searched field is not also fixed (DNA's run defaults fix kl_alpha)
+    base = {k: v for k, v in base.items() if k not in searched}
     concurrent = max(1, min(2, num_cpus or 2))
     raw = {
         "name": f"frontier_{method}",

@@ -32,8 +32,8 @@ def check_rewards(spec: SweepSpec) -> None:
     """Check every reward spec a trial could get with ``check_reward_spec`` (an import, no model built).
 
     ``reward`` from base_config or each searched value; None stands for the reward of the task's run defaults,
-    else its ``default_reward`` (each task the sweep uses). Raises SweepError naming the key, e.g. ``base_config.reward: reward 'nosuch:f':
-    cannot import module 'nosuch' ...``.
+    else its ``default_reward`` (each task the sweep uses). Raises SweepError naming the key, e.g.
+    ``base_config.reward: reward 'nosuch:f': cannot import module 'nosuch' ...``.
     """
     from sepo_ray.oracles.pool import check_reward_spec
 
