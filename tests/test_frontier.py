@@ -194,6 +194,12 @@ def test_frontier_refuses_budgets_it_cannot_spend_exactly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.main(frontier_args(tmp_path, "--budgets", "36", "--methods", "sepo"))
     assert "not a whole number of iterations of 8 sequences" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a tuning trial's calls are whole iterations too
+        compare.main(frontier_args(tmp_path, "--tune-trials", "2", "--tune-calls", "12"))
+    assert "--tune-calls for sepo: 12 calls is not a whole number of iterations" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(frontier_args(tmp_path, "--tune-only"))
+    assert "--tune-only needs --tune-trials >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         compare.main(frontier_args(tmp_path, "--set", "bogus.lr=1"))
     assert "'bogus' is not a fine-tuning method" in capsys.readouterr().err
@@ -218,9 +224,7 @@ def test_every_method_gets_the_same_search():
 
     task = get_task("toy")
     specs = {
-        m: frontier.tuning_sweep(
-            task, m, {"denoise_steps": 4}, ["kl_alpha", "lr"], 4, 0, 60.0, 0.85, 8, 64, 2
-        )
+        m: frontier.tuning_sweep(task, m, {"denoise_steps": 4}, ["kl_alpha", "lr"], 4, 0, 64, 0.85, 64, 2)
         for m in frontier.FINETUNE
     }
     first = specs["sepo"]
@@ -231,10 +235,12 @@ def test_every_method_gets_the_same_search():
         }
         for key in ("search_space", "scheduler", "num_samples", "search_seed", "select_min", "stop"):
             assert getattr(spec, key) == getattr(first, key), key
-    assert first.scheduler.time_attr == "time_total_s" and first.stop == {"training_iteration": 8}
+    # one clock for all: the oracle calls a trial has spent, rungs at a quarter and a half of them
+    assert first.scheduler.time_attr == "num_env_steps_sampled_lifetime" == frontier.tuning.TUNE_CLOCK
+    assert (first.scheduler.max_t, first.scheduler.grace_period) == (64, 16) and first.stop == {}
     assert first.select_min == {"sepo/heldout_realism": 0.85}
     assert [p.field for p in first.search_space] == ["kl_alpha", "lr"]
-    dna = frontier.tuning_sweep(get_task("dna"), "trajectory", {}, ["kl_alpha"], 2, 0, 60.0, 0.9, 8, 64, 2)
+    dna = frontier.tuning_sweep(get_task("dna"), "trajectory", {}, ["kl_alpha"], 2, 0, 64, 0.9, 64, 2)
     assert dna.base_config["reward"] == "dna_ft" == get_task("dna").default_reward  # the benchmark's reward
     assert "kl_alpha" not in dna.base_config and "kl_alpha" in get_task("dna").default_settings  # searched
     from sepo_ray.frontier.cli import _reward_pin
@@ -253,7 +259,7 @@ def test_tuning_writes_its_choice_and_the_runs_use_it(ray_session, tmp_path, mon
         sweep.check_against_config(spec, SEPOConfig)  # the spec is one SEPOConfig accepts
         searched.append(spec)
         rows = [{"trial_id": "a", "status": "TERMINATED", "config": {"kl_alpha": 0.05}, "history": [
-            {"sepo/reward_mean": 0.3, "time_total_s": 4.0, "training_iteration": 2}]}]  # fmt: skip
+            {"sepo/reward_mean": 0.3, "num_env_steps_sampled_lifetime": 16, "training_iteration": 2}]}]  # fmt: skip
         report = sweep.sweep_report(spec, rows)
         write_json(output / "sweep.json", report)
         return report
@@ -262,11 +268,14 @@ def test_tuning_writes_its_choice_and_the_runs_use_it(ray_session, tmp_path, mon
     args = frontier_args(
         tmp_path, "--methods", "sepo", "--budgets", "16", "--seeds", "0", "--tune-trials", "3"
     )
-    args += ["--set", "sepo.lr=1e-3", "--tune-realism", "0"]
-    assert compare.main(args) == 0
+    args += ["--set", "sepo.lr=1e-3", "--tune-realism", "0", "--tune-calls", "16"]
+    assert compare.main([*args, "--tune-only"]) == 0  # tunes, trains nothing
     (spec,) = searched
     assert spec.num_samples == 3 and [p.field for p in spec.search_space] == ["kl_alpha"]  # lr fixed by --set
-    assert spec.stop == {"training_iteration": 2} and spec.base_config["lr"] == 1e-3
+    assert spec.scheduler.max_t == 16 and spec.base_config["lr"] == 1e-3
+    assert "tuned sepo: {'kl_alpha': 0.05} (tune)" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "frontier.json").exists()
+    assert compare.main(args) == 0 and len(searched) == 1  # the frontier reuses the search it tuned
     tuning = json.loads((tmp_path / "tuning.json").read_text())
     assert tuning["sepo"]["source"] == "tune" and tuning["sepo"]["config"] == {"kl_alpha": 0.05}
     assert (tmp_path / tuning["sepo"]["sweep"]).is_file()

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from sepo_ray.frontier.tuning import TUNE_CLOCK
+
 pytestmark = pytest.mark.slow
 
 TOY = dict(task="toy", prompts_per_batch=4, group_size=4, denoise_steps=6, kl_steps=2, snis_samples=2)
@@ -179,6 +181,9 @@ def test_variants_train(ray_session, variant):
         learner = res[-1]["learners"]["default_policy"]
         assert np.isfinite(learner["total_loss"]) and np.isfinite(res[-1]["sepo"]["reward_mean"])
         assert any(not torch.equal(v, weights(algo)[k]) for k, v in before.items())
+        # the frontier's tuning clock: every sampled sequence is one fine-tuning oracle call
+        n = algo.config.batch_sequences
+        assert [r[TUNE_CLOCK] for r in res] == [n, 2 * n]
     finally:
         algo.stop()
 

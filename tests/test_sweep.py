@@ -417,7 +417,7 @@ class StandInSEPO(tune.Trainable):
             time.sleep(1.0)
         if i == 3 and self._once("fail"):
             raise RuntimeError("simulated lost worker")
-        out = {"sepo": {"reward_mean": self.reward, "kl": 0.01}}
+        out = {"sepo": {"reward_mean": self.reward, "kl": 0.01}, "num_env_steps_sampled_lifetime": 8 * i}
         if i % 2 == 0:
             out["sepo"]["heldout_score"] = self.reward / 2
         return out
@@ -455,8 +455,20 @@ def _stand_in_spec(**over):
     return parse_sweep_spec(raw, FIELDS)
 
 
-def test_sweep_runs_asha_on_time_and_writes_sweep_json(ray_session, tmp_path, capsys):
-    spec = _stand_in_spec()
+@pytest.mark.parametrize(
+    "clock, max_t, grace", [("time_total_s", 0.8, 0.2), ("num_env_steps_sampled_lifetime", 128, 32)]
+)
+def test_sweep_runs_asha_on_its_clock_and_writes_sweep_json(
+    ray_session, tmp_path, capsys, clock, max_t, grace
+):
+    scheduler = {
+        "type": "asha",
+        "time_attr": clock,
+        "max_t": max_t,
+        "grace_period": grace,
+        "reduction_factor": 2,
+    }
+    spec = _stand_in_spec(scheduler=scheduler)
     report = run_sweep(spec, tmp_path / "out", trainable=StandInSEPO, verbose=1)
     data = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert data == report
@@ -465,8 +477,8 @@ def test_sweep_runs_asha_on_time_and_writes_sweep_json(ray_session, tmp_path, ca
     assert data["best"]["config"] == {"clip_eps": 0.3}
     assert data["best"]["selected_by"] == "sepo/heldout_score"
     for row in data["trials"]:
-        assert row["metrics"]["time_total_s"] >= spec.scheduler.grace_period
-        assert row["stopped_early"] == (row["metrics"]["time_total_s"] < spec.scheduler.max_t)
+        assert row["metrics"][clock] >= spec.scheduler.grace_period
+        assert row["stopped_early"] == (row["metrics"][clock] < spec.scheduler.max_t)
     out = capsys.readouterr().out
     assert "Best config by sepo/heldout_score" in out and "clip_eps" in out
     # a second run into the same directory must not silently mix two experiments

@@ -19,10 +19,12 @@ Each row is evaluated on ``--design-batches`` design batches per seed (10 x 64 =
 metrics are mean, standard deviation and standard error over seeds.
 
 Equal tuning (``--tune-trials N``, 0 to skip): before the frontier runs, each fine-tuning method gets the same
-Ray Tune search (:mod:`sepo_ray.sweep`) over its own ``kl_alpha`` and ``lr``: the same trials, search seed, ASHA
-on ``time_total_s`` (the cost-fair clock) and realism guard, at most the largest budget's iterations per trial.
-The chosen values go to ``DIR/tuning.json`` and into the frontier's runs. ``--set METHOD.KEY=VALUE`` or
-``--configs FILE.json`` ({method: {key: value}}) fix values instead (a fixed field is not searched).
+Ray Tune search (:mod:`sepo_ray.sweep`) over its own ``kl_alpha`` and ``lr``: the same trials, search seed,
+realism guard and ASHA clock, the fine-tuning oracle calls a trial has spent (``--tune-calls`` per trial: the
+frontier's own axis, which machine load does not stretch). The chosen values go to ``DIR/tuning.json`` and into
+the frontier's runs; ``--tune-only`` stops there, and a later frontier in the same DIR reuses them.
+``--set METHOD.KEY=VALUE`` or ``--configs FILE.json`` ({method: {key: value}}) fix values instead (a fixed field
+is not searched).
 
 Outputs: ``DIR/frontier.json`` (rows: method, budget_calls, calls, metrics with standard errors, seeds,
 config), ``DIR/frontier.md`` (the table and, per budget, the best row by the score among rows that pass the

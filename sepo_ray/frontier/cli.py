@@ -65,7 +65,15 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p.add_argument("--configs", type=Path, default=None, help="JSON {method: {key: value}} of chosen configs")
     p.add_argument("--tune-trials", type=int, default=4, help="Tune trials per method (0: no tuning)")
     p.add_argument("--tune-seed", type=int, default=0, help="search seed (the same for every method)")
-    p.add_argument("--tune-max-t", type=float, default=240.0, help="ASHA max time_total_s per trial (s)")
+    p.add_argument(
+        "--tune-calls",
+        type=int,
+        default=512,
+        help="fine-tuning oracle calls per tuning trial (ASHA's clock; rungs at a quarter and a half)",
+    )
+    p.add_argument(
+        "--tune-only", action="store_true", help="stop after tuning (DIR/tuning.json has the choices)"
+    )
     p.add_argument("--tune-realism", type=float, default=0.85, help="held-out realism guard (0: none)")
     p.add_argument("--tune-samples", type=int, default=128, help="held-out samples per trial evaluation")
     p.add_argument("--svdd-candidates", type=int, default=4, help="most SVDD candidates M per scored step")
@@ -277,8 +285,10 @@ def setup(argv=None) -> Frontier:
         p.error(f"--budgets must be comma-separated integers, got {args.budgets!r}")
     if not budgets or budgets[0] < 1:
         p.error("--budgets must name at least one positive budget")
-    if args.design_size < 1 or args.design_batches < 1 or args.tune_trials < 0:
-        p.error("--design-size and --design-batches must be >= 1, --tune-trials >= 0")
+    if args.design_size < 1 or args.design_batches < 1 or args.tune_trials < 0 or args.tune_calls < 1:
+        p.error("--design-size, --design-batches and --tune-calls must be >= 1, --tune-trials >= 0")
+    if args.tune_only and not args.tune_trials:
+        p.error("--tune-only needs --tune-trials >= 1")
     seeds = parse_seeds(args.seeds, p)
     tuned = [m for m in methods if m in FINETUNE]
     combo = "finetuned_best_of_n" in methods
@@ -323,11 +333,12 @@ def setup(argv=None) -> Frontier:
             batches[m] = build_config(task.name, None, seeds[0], configs[m]).batch_sequences
             spent = list(budgets) + ([b // 2 for b in budgets] if combo else [])
             needed[m] = sorted({budget_iterations(b, batches[m], f"{m} at {b} calls") for b in spent})
+            if args.tune_trials:
+                budget_iterations(args.tune_calls, batches[m], f"--tune-calls for {m}")
         first = configs[tuned[0]] if tuned else dict(args.common)
         args.steps = args.steps or int(build_config(task.name, None, 0, first).denoise_steps)
     except ValueError as e:
         p.error(str(e))
-    args.max_iterations = max((max(v) for v in needed.values()), default=0)
     scorer = task.scorer(elbo_steps=args.elbo_steps)
     score = args.score_metric or getattr(scorer, "score_metric", None) or next(iter(scorer.metric_labels))
     realism = args.realism_metric or getattr(scorer, "realism_metric", None)
@@ -364,6 +375,11 @@ def main(argv=None) -> int:
     if f.tuned:
         try:
             tuning = tune_methods(f.task, out, f.tuned, a.common, a.own, a.chosen, a)
+            if a.tune_only:
+                for m, t in tuning.items():
+                    print(f"== tuned {m}: {t['config'] or 'the run defaults'} ({t['source']})", flush=True)
+                print(f"== tuning done: {out / 'tuning.json'}", flush=True)
+                return 0
             started = init_ray(a.num_cpus)
             try:
                 for m in f.tuned:

@@ -10,15 +10,19 @@ from sepo_ray.settings import parse_overrides
 
 from .plan import FINETUNE, TUNE_SPACE
 
+#: the tuning's clock: sequences sampled, one fine-tuning-oracle call each (the frontier's cost axis)
+TUNE_CLOCK = "num_env_steps_sampled_lifetime"
+
 
 def tuning_sweep(
-    task, method: str, fixed: Mapping, searched: Sequence[str], trials: int, seed: int, max_t: float,
-    realism_min: float, max_iterations: int, heldout_samples: int, num_cpus: int | None,
+    task, method: str, fixed: Mapping, searched: Sequence[str], trials: int, seed: int, max_calls: int,
+    realism_min: float, heldout_samples: int, num_cpus: int | None,
 ):  # fmt: skip
     """The same Ray Tune search for every method (a :class:`~sepo_ray.sweep.SweepSpec`): ``searched`` fields
-    log-uniform in :data:`TUNE_SPACE`, ``trials`` samples with search seed ``seed``, ASHA on time_total_s up to
-    ``max_t`` s (rungs at a quarter and a half), at most ``max_iterations`` per trial, best by the held-out score
-    among trials whose held-out realism stays >= ``realism_min`` (0: no guard)."""
+    log-uniform in :data:`TUNE_SPACE`, ``trials`` samples with search seed ``seed``, ASHA on the oracle calls a
+    trial has spent up to ``max_calls`` (rungs at a quarter and a half), best by the held-out score among trials
+    whose held-out realism stays >= ``realism_min`` (0: no guard). Calls, not seconds: the frontier's axis, and
+    a clock that neither machine load nor a method's cost per call (trajectory re-scores T steps) changes."""
     from sepo_ray.sweep import parse_sweep_spec
 
     base = {
@@ -39,13 +43,12 @@ def tuning_sweep(
         "name": f"frontier_{method}",
         "description": f"equal tuning of {method} for the frontier",
         "select_min": {"sepo/heldout_realism": realism_min} if realism_min > 0 else {},
-        "scheduler": {"type": "asha", "time_attr": "time_total_s", "max_t": max_t, "grace_period": max_t / 4,
-                      "reduction_factor": 2, "brackets": 1},
+        "scheduler": {"type": "asha", "time_attr": TUNE_CLOCK, "max_t": max_calls,
+                      "grace_period": max_calls / 4, "reduction_factor": 2, "brackets": 1},
         "num_samples": trials,
         "max_concurrent_trials": concurrent,
         "search_seed": seed,
         "resources": {"num_cpus": num_cpus} if num_cpus else {},
-        "stop": {"training_iteration": max_iterations},
         "checkpoint": {"frequency": 0, "num_to_keep": 1, "at_end": True},
         "max_failures": 1,
         "base_config": base,
@@ -69,9 +72,9 @@ def tune_methods(
         fixed = {**common, **chosen.get(method, {}), **own.get(method, {})}
         searched = [f for f in TUNE_SPACE if f not in fixed]
         search = {
-            "trials": args.tune_trials, "search_seed": args.tune_seed, "max_t": args.tune_max_t,
+            "trials": args.tune_trials, "search_seed": args.tune_seed, "max_calls": args.tune_calls,
             "realism_min": args.tune_realism, "space": {f: list(TUNE_SPACE[f]) for f in searched},
-            "max_iterations": args.max_iterations, "heldout_samples": args.tune_samples,
+            "heldout_samples": args.tune_samples,
             "fixed": dict(fixed),
         }  # fmt: skip
         if not searched or args.tune_trials == 0:
@@ -88,8 +91,8 @@ def tune_methods(
             continue
         sweep_dir = out / "tuning" / method
         spec = tuning_sweep(
-            task, method, fixed, searched, args.tune_trials, args.tune_seed, args.tune_max_t, args.tune_realism,
-            args.max_iterations, args.tune_samples, args.num_cpus,
+            task, method, fixed, searched, args.tune_trials, args.tune_seed, args.tune_calls, args.tune_realism,
+            args.tune_samples, args.num_cpus,
         )  # fmt: skip
         report_path = sweep_dir / "sweep.json"
         if sweep_dir.exists() and previous is not None:  # a finished sweep of another search stays

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .spec import Param, SweepSpec
+from .spec import CLOCK_TITLES, Param, SweepSpec
 
 
 def tune_domain(param: Param) -> Any:
@@ -66,7 +66,7 @@ def shown_metrics(spec: SweepSpec) -> dict[str, str]:
     """Result key -> column title of the progress table (also what a trial's history keeps)."""
     return {
         "training_iteration": "iter",
-        spec.scheduler.time_attr: "time (s)",
+        **{k: CLOCK_TITLES[k] for k in ("time_total_s", spec.scheduler.time_attr)},
         spec.metric: spec.metric.rsplit("/", 1)[-1],
         "sepo/kl": "kl",
         spec.select_metric: spec.select_metric.rsplit("/", 1)[-1],
