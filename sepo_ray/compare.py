@@ -80,7 +80,7 @@ def train_variants(
 
     records = {}
     task_obj = get_task(task)
-    pinned = {k: v for k, v in task_obj.benchmark_settings().items() if k == "reward"}
+    pinned = task_obj.benchmark_reward_pin()
     for name, settings in variants.items():
         run_dir = out / "runs" / name
         record = read_record(run_dir)

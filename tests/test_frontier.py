@@ -243,9 +243,10 @@ def test_every_method_gets_the_same_search():
     dna = frontier.tuning_sweep(get_task("dna"), "trajectory", {}, ["kl_alpha"], 2, 0, 64, 0.9, 64, 2)
     assert dna.base_config["reward"] == "dna_ft" == get_task("dna").default_reward  # the benchmark's reward
     assert "kl_alpha" not in dna.base_config and "kl_alpha" in get_task("dna").default_settings  # searched
-    from sepo_ray.frontier.cli import _reward_pin
-
-    assert _reward_pin(get_task("dna")) == {"reward": "dna_ft"} and _reward_pin(task) == {}  # the runs' too
+    # the runs' too: best-of-N and SVDD select on default_reward, every fine-tuning method trains on it
+    assert (
+        get_task("dna").benchmark_reward_pin() == {"reward": "dna_ft"} and task.benchmark_reward_pin() == {}
+    )
 
 
 def test_tuning_writes_its_choice_and_the_runs_use_it(ray_session, tmp_path, monkeypatch, capsys):

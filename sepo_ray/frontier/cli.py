@@ -324,7 +324,7 @@ def setup(argv=None) -> Frontier:
     try:
         for m in tuned:  # the settings before tuning: the batch and T do not depend on alpha or lr
             configs[m] = {
-                **_reward_pin(task),
+                **task.benchmark_reward_pin(),
                 **args.common,
                 **args.chosen.get(m, {}),
                 **args.own[m],
@@ -346,12 +346,6 @@ def setup(argv=None) -> Frontier:
         if key not in scorer.metric_labels:
             p.error(f"metric {key!r} is not one of the scorer's {list(scorer.metric_labels)}")
     return Frontier(args, task, methods, budgets, seeds, configs, batches, needed, scorer, score, realism)
-
-
-def _reward_pin(task) -> dict:
-    """The benchmark's reward for every run when the task's run defaults name another: best-of-N and SVDD
-    select on ``task.default_reward``, every fine-tuning method trains on it (``--set reward`` is refused)."""
-    return {k: v for k, v in task.benchmark_settings().items() if k == "reward"}
 
 
 def main(argv=None) -> int:
@@ -383,7 +377,7 @@ def main(argv=None) -> int:
             started = init_ray(a.num_cpus)
             try:
                 for m in f.tuned:
-                    f.configs[m] = {**_reward_pin(f.task), **a.common, **tuning[m]["config"], **a.chosen.get(m, {}), **a.own[m],
+                    f.configs[m] = {**f.task.benchmark_reward_pin(), **a.common, **tuning[m]["config"], **a.chosen.get(m, {}), **a.own[m],
                                     **parse_overrides(FINETUNE[m])}  # fmt: skip
                     every = checkpoint_every(f.needed[m])
                     f.records[m] = train_runs(

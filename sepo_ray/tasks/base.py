@@ -111,10 +111,12 @@ class Task:
         """The run defaults with the benchmark's reward (``default_reward``) in place of any reward they name:
         what ``compare`` and the frontier train with, so that every method and best-of-N spend their calls on
         one reward."""
-        settings = dict(self.default_settings)
-        if "reward" in settings:
-            settings["reward"] = self.default_reward
-        return settings
+        return {**self.default_settings, **self.benchmark_reward_pin()}
+
+    def benchmark_reward_pin(self) -> dict:
+        """``{"reward": default_reward}`` when the run defaults name another reward, else {}: the one override
+        that puts a run of these defaults on the benchmark's reward (``compare``'s and the frontier's runs)."""
+        return {"reward": self.default_reward} if "reward" in self.default_settings else {}
 
     # ------------------------------------------------------------------------------------- vocabulary
     def decode(self, x: Tensor | np.ndarray) -> list[str]:
