@@ -67,7 +67,7 @@ class SequenceBanditEnv(VectorEnv):
                     f"num_envs={self.num_envs} must be a multiple of group_size={self.group_size}"
                 )
             if config.get("prompts_file"):  # the user's own prompts (checked by SEPOConfig.validate)
-                from sepo_ray.evaluation import read_prompt_file
+                from sepo_ray.tasks import read_prompt_file
 
                 prompts = self.task.encode_prompts(read_prompt_file(config["prompts_file"]))
             else:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sepo_ray.stats import mean_std
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -60,25 +62,6 @@ def load_generator(task: Task, path_or_name: str | Path = "pretrained", device="
             f"generator {path} has non-finite weights ({bad[0]}: {bad[1]} NaN/inf); it was not evaluated"
         )
     return model
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """A user's prompts, one per line (UTF-8; trailing white space and the line break are not part of the
-    prompt: a GPT-2 prompt ending in a space would be followed by unnatural tokens). ValueError for a file
-    that does not exist or cannot be read, or one that holds no line; a blank line is an empty prompt (the task's
-    ``encode_prompts`` refuses it, naming its number)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(
-            f"prompt file {path} does not exist" if not path.exists() else f"{path} is not a file"
-        )
-    try:
-        lines = [line.rstrip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"prompt file {path} cannot be read: {e}") from None
-    if not lines:
-        raise ValueError(f"prompt file {path} is empty: write one prompt per line")
-    return lines
 
 
 def probe_references(
@@ -130,26 +113,6 @@ def _row_sequences(
     if callable(spec):
         return list(spec(seed))
     return list(spec)
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties). scores, labels (N,) -> float."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).astype(bool)
-    n1, n0 = int(labels.sum()), int((~labels).sum())
-    if n1 == 0 or n0 == 0:
-        raise ValueError("auroc: labels must contain both classes")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof 1; 0 for one value; both NaN for none)."""
-    arr = np.asarray(values, dtype=np.float64)
-    if not len(arr):
-        return {"mean": math.nan, "std": math.nan}
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
 
 
 def evaluate_rows(

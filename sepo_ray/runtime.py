@@ -1,4 +1,5 @@
-"""Shared plumbing: one Ray start-up, one atomic JSON writer, one resolver of ``module:attr`` specs."""
+"""Shared plumbing: one Ray start-up, one atomic JSON writer, one resolver of ``module:attr`` specs and of
+entry-point groups (the registries of tasks, model classes and oracles)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,36 @@ def init_ray(
             print(f"joined Ray cluster at {address}", flush=True)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=log_to_driver)
+        start_reaper()
         if announce:
             print(
                 f"started a local Ray runtime ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)", flush=True
             )
     return True
+
+
+_REAPER = []  # the reaper's Popen: its stdin is the pipe whose closing (this process's exit) it waits for
+
+
+def start_reaper() -> None:
+    """Make the local Ray runtime this process just started die with it, even after a SIGKILL
+    (:mod:`sepo_ray.reaper`)."""
+    import subprocess
+    import sys
+
+    import psutil
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()
+    children = [f"{p.pid}@{p.create_time()}" for p in psutil.Process().children(recursive=True)]
+    reaper = subprocess.Popen(
+        [sys.executable, "-m", "sepo_ray.reaper", session, *children],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # neither Ctrl-C in the terminal nor the driver's death reach it
+    )
+    _REAPER.append(reaper)
 
 
 def jsonable(x: Any) -> Any:
@@ -69,6 +95,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def entry_point_specs(group: str) -> dict[str, str]:
+    """Name -> ``module:attr`` of every installed entry point of ``group`` (read on every call: cheap)."""
+    from importlib import metadata
+
+    return {ep.name: ep.value for ep in metadata.entry_points(group=group)}
 
 
 def import_object(spec: str, what: str) -> Any:

@@ -14,12 +14,11 @@ config and live in ``SEPOConfig.validate()``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from sepo_ray.yamlio import yaml_load
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,8 @@ class Setting:
     high_open: bool = False
     nullable: bool = False
     choices: tuple[str, ...] = ()
+    #: a resumed run may change it: it decides where and how often things happen, not what is sampled or learned
+    resumable: bool = False
 
     def describe(self) -> str:
         """``name (kind, unit, range): help [default]`` on one line (``--help`` and docs)."""
@@ -223,14 +224,6 @@ SEPO_SETTINGS: dict[str, Setting] = {
             low_open=True,
         ),
         _s(
-            "critic_steps",
-            16,
-            "int",
-            "advantage 'critic': full-batch Adam steps on the value MSE per iteration",
-            "steps per iteration",
-            low=1,
-        ),
-        _s(
             "kl_steps",
             2,
             "int",
@@ -253,6 +246,7 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "reward-oracle Ray actors; 0 = score in the rollout worker's process",
             "actors",
             low=0,
+            resumable=True,
         ),
         _s(
             "oracle_num_gpus",
@@ -261,6 +255,7 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "GPUs per reward-oracle actor (fractions allowed)",
             "GPUs per actor",
             low=0.0,
+            resumable=True,
         ),
         _s(
             "oracle_max_restarts",
@@ -268,6 +263,7 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "int",
             "restarts of a dead reward-oracle actor before the run fails",
             low=0,
+            resumable=True,
         ),
         _s(
             "reward_timeout_s",
@@ -277,6 +273,7 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "seconds",
             low=0.0,
             low_open=True,
+            resumable=True,
         ),
         _s(
             "heldout_eval_interval",
@@ -285,8 +282,17 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "iterations between held-out evaluations (the task's held-out score); 0 = never",
             "iterations",
             low=0,
+            resumable=True,
         ),
-        _s("heldout_samples", 64, "int", "sequences sampled per held-out evaluation", "sequences", low=1),
+        _s(
+            "heldout_samples",
+            64,
+            "int",
+            "sequences sampled per held-out evaluation",
+            "sequences",
+            low=1,
+            resumable=True,
+        ),
         _s(
             "checkpoint_frequency",
             1,
@@ -294,6 +300,7 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "iterations between checkpoints written by `python -m sepo_ray.run`",
             "iterations",
             low=1,
+            resumable=True,
         ),
     )
 }
@@ -314,9 +321,16 @@ RLLIB_SETTINGS: dict[str, Setting] = {
             low=0,
         ),
         _s("num_learners", 0, "int", "learner actors; 0 = learn in the Algorithm process", "learners", low=0),
-        _s("num_gpus_per_learner", 0.0, "float", "GPUs per learner", low=0.0),
-        _s("num_gpus_per_env_runner", 0.0, "float", "GPUs per rollout worker", low=0.0),
-        _s("seed", None, "int", "seed of the sampler, the learner and Tune's trial", nullable=True),
+        _s("num_gpus_per_learner", 0.0, "float", "GPUs per learner", low=0.0, resumable=True),
+        _s("num_gpus_per_env_runner", 0.0, "float", "GPUs per rollout worker", low=0.0, resumable=True),
+        _s(
+            "seed",
+            0,
+            "int",
+            "seed of the sampler, the learner and Tune's trial; None = drawn from the OS",
+            nullable=True,
+            low=0,
+        ),
     )
 }
 
@@ -343,42 +357,6 @@ def defaults() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- parsing
-class YamlLoader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and refuses duplicate keys."""
-
-
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def _construct_mapping(loader: YamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ValueError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def yaml_load(text: str) -> Any:
-    """YAML with floats as a user writes them (``1e-3``, ``nan``, ``inf``) and no duplicate keys."""
-    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
-
-
 def parse_value(text: str) -> Any:
     """A ``--set`` value as a YAML scalar: ``3e-4`` -> 0.0003, ``nan`` -> nan, ``null`` -> None, ``true`` -> True,
     ``a`` -> "a"."""

@@ -1,4 +1,4 @@
-"""`python -m sepo_ray.bench`: the cheap entries at tiny sizes (--quick), exact forward counts, the CLI."""
+"""`sepo-ray bench`: the cheap entries at tiny sizes (--quick), exact forward counts, the CLI."""
 
 import dataclasses
 import json
@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from sepo_ray import bench
+from sepo_ray import benchmarks as bench
+from sepo_ray.cli.bench import run_benchmarks
 
 CHEAP = ("sampler_overhead", "learner_forwards_per_update", "gpu_throughput")
 
@@ -15,7 +16,7 @@ CHEAP = ("sampler_overhead", "learner_forwards_per_update", "gpu_throughput")
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    results = bench.main(["--quick", "--only", ",".join(CHEAP), "--output", str(path)])
+    results = run_benchmarks(["--quick", "--only", ",".join(CHEAP), "--output", str(path)])
     return results, path
 
 
@@ -50,7 +51,7 @@ def test_registry_holds_every_entry():
 
 def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match="valid.*sampler_overhead"):
-        bench.main(["--only", "sampler_overhed"])
+        run_benchmarks(["--only", "sampler_overhed"])
 
 
 def test_output_file_holds_the_printed_json_and_the_machine(quick):
@@ -127,7 +128,7 @@ def test_counting_wrapper_separates_rows_with_gradient():
 
 
 def test_update_settings_are_the_schema_defaults_and_the_default_task():
-    from sepo_ray.rllib.config import SEPOConfig
+    from sepo_ray.rllib import SEPOConfig
     from sepo_ray.settings import SETTINGS
 
     s, config = bench.UpdateSettings(), SEPOConfig()

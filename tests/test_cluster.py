@@ -17,7 +17,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from sepo_ray.sweep import read_sweep_yaml
+from sepo_ray.sweeps import read_sweep_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -1,16 +1,22 @@
-"""The PPO actor-critic advantage: V_phi(prompt) fitted by MSE, A = R - V before the fit, exact resume; and a
-short RLlib run with ``advantage="critic"`` (prompted and unprompted)."""
+"""The PPO actor-critic advantage: V_phi(prompt) fitted by MSE, A = R - V before the fit; V_phi in the RLModule
+with its optimiser in the Learner, and exact resume (prompted and unprompted RLlib runs)."""
 
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from sepo_ray.sepo import Critic, ValueNet, critic_advantages, explained_variance, fit_value, value_loss
+from sepo_ray.sepo import (
+    ValueNet,
+    center_value,
+    critic_advantages,
+    critic_stats,
+    explained_variance,
+    value_loss,
+)
 
 MASK = 4  # vocabulary of 4 tokens, MASK = 4
 
@@ -30,6 +36,17 @@ def _mean_reward(prompts: torch.Tensor) -> torch.Tensor:
     first = prompts[:, 0].double()
     others = (prompts[:, 1:] == 0).sum(1).double()
     return first + 0.25 * others
+
+
+def fit_value(net, optimizer, prompts, rewards, steps):
+    """Full-batch optimiser steps on the value MSE (what the learner's critic optimiser does, one step an epoch)."""
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = value_loss(net(prompts), rewards.float())
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return {"fit_loss": value_loss(net(prompts), rewards.float())[1]["value_loss"]}
 
 
 def test_value_net_fits_a_known_prompt_to_mean_reward_mapping():
@@ -106,38 +123,23 @@ def test_critic_advantages_are_reward_minus_value():
     assert torch.equal(critic_advantages(r, r.float()), torch.zeros(4, dtype=torch.float64))
 
 
-def test_critic_scores_with_the_value_before_its_fit():
+def test_the_first_batch_centres_the_value_and_later_ones_do_not():
     prompts, rewards = _prompts(64, seed=2), _mean_reward(_prompts(64, seed=2))
-    critic = Critic(num_tokens=4, prompt_length=3, hidden=16, lr=1e-2, steps=5, seed=0)
-    first, stats1 = critic.advantages(prompts, rewards, normalize=False)
-    # first batch: V starts at the batch's mean reward (b set to the mean residual), so sum A = 0
-    assert float(first.sum()) == pytest.approx(0.0, abs=1e-4)
-    before = critic.values(prompts)
-    second, stats2 = critic.advantages(prompts, rewards, normalize=False)
-    torch.testing.assert_close(second, rewards - before.double(), rtol=0, atol=0)  # A = R - V(before the fit)
-    assert not torch.equal(critic.values(prompts), before)  # ... and then V was fitted
-    assert stats2["value_loss"] == pytest.approx(float((before.double() - rewards).pow(2).mean()), rel=1e-6)
-    assert stats2["fit_loss"] < stats2["value_loss"] < stats1["value_loss"]
-    assert set(stats1) == {"value_loss", "explained_var", "fit_loss", "value_mean"}
-
-
-def test_critic_state_round_trip_is_exact():
-    prompts, rewards = _prompts(32, seed=4), _mean_reward(_prompts(32, seed=4))
-    a = Critic(num_tokens=4, prompt_length=3, hidden=8, steps=3, seed=0)
-    for _ in range(2):
-        a.advantages(prompts, rewards)
-    b = Critic(num_tokens=4, prompt_length=3, hidden=8, steps=3, seed=9)  # other init: the state overrides it
-    b.set_state(a.get_state())
-    assert b.fits == 2
-    for _ in range(2):  # the same advantages and the same fits (Adam moments restored, not reset)
-        (adv_a, stats_a), (adv_b, stats_b) = a.advantages(prompts, rewards), b.advantages(prompts, rewards)
-        assert torch.equal(adv_a, adv_b) and stats_a == stats_b
-    fresh = Critic(num_tokens=4, prompt_length=3, hidden=8, steps=3, seed=9)
-    fresh.net.load_state_dict(a.net.state_dict())  # same weights, no Adam moments: a different next fit
-    fresh.fits = a.fits
-    a.advantages(prompts, rewards)
-    fresh.advantages(prompts, rewards)
-    assert not torch.equal(fresh.values(prompts), a.values(prompts))
+    net = ValueNet(num_tokens=4, prompt_length=3, hidden=16, seed=0)
+    center_value(net, prompts, rewards)
+    with torch.no_grad():
+        first = critic_advantages(rewards, net(prompts), normalize=False)
+    assert float(first.sum()) == pytest.approx(0.0, abs=1e-4)  # V starts at the batch's mean reward
+    net.fits += 1
+    bias = net.bias.detach().clone()
+    center_value(net, prompts, rewards + 5.0)  # once fitted, no shift
+    assert torch.equal(net.bias.detach(), bias)
+    with torch.no_grad():
+        stats = critic_stats(net(prompts), rewards)
+        expected = float((net(prompts).double() - rewards).pow(2).mean())
+    assert set(stats) == {"value_loss", "explained_var", "value_mean"}
+    assert stats["value_loss"] == pytest.approx(expected, rel=1e-6)
+    assert "fits" in net.state_dict()  # checkpointed with the module
 
 
 # ------------------------------------------------------------------------------------------ RLlib runs
@@ -145,23 +147,30 @@ ECHO = "tests.prompt_task:EchoTask"
 
 
 @pytest.mark.slow
-def test_rllib_critic_run_on_prompts_logs_stats_and_moves_the_value(ray_session):
+def test_rllib_critic_is_in_the_module_and_its_optimiser_in_the_learner(ray_session):
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
     from sepo_ray.rllib import SEPOConfig
-    from sepo_ray.rllib.algorithm import _prompts as episode_prompts
+    from sepo_ray.rllib.learner import episode_prompts
 
     cfg = (
         SEPOConfig()
         .sepo(task=ECHO, advantage="critic", prompts_per_batch=4, group_size=2, denoise_steps=4, kl_steps=2)
-        .sepo(snis_samples=2, critic_hidden=8)
+        .sepo(snis_samples=2, critic_hidden=8, critic_lr=0.05)
         .training(lr=3e-3)
         .debugging(seed=0)
     )
     algo = cfg.build_algo()
     try:
-        critic = algo._critic
-        assert critic is not None and critic.net.prompt_length == 4
+        learner = algo.learner_group._learner
+        module = learner.module[DEFAULT_MODULE_ID].unwrapped()
+        assert module.value_net.prompt_length == 4
+        optimizers = [name for name, _ in learner.get_optimizers_for_module(DEFAULT_MODULE_ID)]
+        assert optimizers == ["default_optimizer", "critic"]
+        assert learner.get_optimizer(DEFAULT_MODULE_ID, "critic").param_groups[0]["lr"] == 0.05
+        assert not hasattr(algo.env_runner.module, "value_net")  # rollout workers only sample
         pool = algo.config.task_spec().prompts()
-        before = critic.values(pool).clone()
+        before = module.values(pool).detach().clone()
         results = [algo.train() for _ in range(2)]
         for res in results:
             stats = res["sepo"]
@@ -169,8 +178,8 @@ def test_rllib_critic_run_on_prompts_logs_stats_and_moves_the_value(ray_session)
                 assert key in stats, sorted(stats)
             assert np.isfinite(stats["critic_value_loss"]) and stats["critic_fit_loss"] >= 0
             assert np.isfinite(res["learners"]["default_policy"]["total_loss"])
-        assert critic.fits == 2 and not torch.equal(critic.values(pool), before)
-        # the driver reads each episode's prompt (one of the task's) from its first observation
+        assert int(module.value_net.fits) == 2 and not torch.equal(module.values(pool).detach(), before)
+        # the learner reads each episode's prompt (one of the task's) from its first observation
         episodes = algo.env_runner.sample(num_timesteps=8, random_actions=False)
         prompts = episode_prompts([e for e in episodes if len(e) > 0])
         assert prompts.shape[1] == 4
@@ -181,39 +190,27 @@ def test_rllib_critic_run_on_prompts_logs_stats_and_moves_the_value(ray_session)
 
 @pytest.mark.slow
 def test_critic_run_on_the_toy_task_resumes_exactly(ray_session, tmp_path):
-    """An unprompted task (V is one scalar): 2 iterations, then 1 + resume + 1, give the same history and the
-    same critic."""
-    from sepo_ray.run import main
+    """An unprompted task (V is one scalar): 3 iterations, then 1 + resume + 2, give the same history, the
+    critic's figures included (they depend on its weights and Adam moments, which only the learner's
+    checkpoint restores)."""
+    from sepo_ray.cli.run import main
 
     small = ["--set", "prompts_per_batch=2", "--set", "group_size=4", "--set", "denoise_steps=4", "--no-eval"]
-    small += ["--set", "advantage=critic", "--set", "critic_steps=4"]
+    small += ["--set", "advantage=critic", "--set", "critic_lr=0.05"]
 
     def run(out, *extra):
         return main(["toy", "--output", str(tmp_path / out), *extra])
 
-    assert run("whole", "--iterations", "2", *small) == 0
+    assert run("whole", "--iterations", "3", *small) == 0
     assert run("part", "--iterations", "1", *small) == 0
-    assert run("part", "--iterations", "2", "--resume", "--no-eval") == 0
-    keys = ("iteration", "reward_mean", "reward_median", "kl", "clip_frac")
+    assert run("part", "--iterations", "3", "--resume", "--no-eval") == 0
     whole, part = (
         json.loads((tmp_path / d / "result.json").read_text())["history"] for d in ("whole", "part")
     )
-    assert len(whole) == 2 and [[h[k] for k in keys] for h in part] == [[h[k] for k in keys] for h in whole]
-    critic_keys = sorted(
-        k for k in whole[-1] if k.startswith("critic_")
-    )  # the critic's fit, kept per iteration
-    assert "critic_explained_var" in critic_keys and all(
-        np.isfinite(h[k]) for h in whole for k in critic_keys
+    keys = ["iteration", "reward_mean", "reward_median", "kl", "clip_frac"]
+    keys += sorted(k for k in whole[-1] if k.startswith("critic_"))
+    assert {"critic_explained_var", "critic_fit_loss", "critic_value_mean"} <= set(keys)
+    assert len(whole) == 3 and all(
+        np.isfinite(h[k]) for h in whole for k in keys if k != "critic_explained_var"
     )
-    # the critic after iteration 2: weights, Adam moments and fit count equal to the uninterrupted run's
-    # (a critic not restored would restart from its init and fit count 0 at the resumed iteration)
-    saved = []
-    for d in ("whole", "part"):
-        with open(tmp_path / d / "checkpoints" / "iter_0002" / "algorithm_state.pkl", "rb") as f:
-            critic = Critic(num_tokens=4)
-            critic.set_state(pickle.load(f)["sepo_critic"])
-            saved.append(critic)
-    assert saved[0].fits == saved[1].fits == 2
-    assert torch.equal(saved[0].net.bias, saved[1].net.bias)
-    moments = [c.optimizer.state_dict()["state"][0] for c in saved]
-    assert all(torch.equal(moments[0][k], moments[1][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert [[h[k] for k in keys] for h in part] == [[h[k] for k in keys] for h in whole]

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sepo_ray import evaluate, evaluation
+from sepo_ray import evaluation
+from sepo_ray.cli import evaluate
 from sepo_ray.models import save_model
 from sepo_ray.tasks import get_task
 from sepo_ray.tasks.dna.metrics import METRIC_KEYS, DNAScorer, reference_sequences

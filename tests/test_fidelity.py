@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from sepo_ray import bench
+from sepo_ray import benchmarks as bench
+from sepo_ray.cli.bench import run_benchmarks
 from sepo_ray.diffusion import Sample, sample
 from sepo_ray.sepo import leave_one_out_advantages
 from sepo_ray.sepo.toy import ExactToy, encode
@@ -75,7 +76,7 @@ def test_run_fidelity_table_shape():
 
 def test_bench_cli_rejects_unknown_names():
     with pytest.raises(ValueError, match="--only"):
-        bench.main(["--only", "no_such_benchmark"])
+        run_benchmarks(["--only", "no_such_benchmark"])
     assert "fidelity" in bench.BENCHMARKS
     info = bench.machine_info()
     assert {"cpu", "cores", "torch", "gpu"} <= set(info)

@@ -5,6 +5,7 @@ reference sets smaller than --num-samples, and an --output that is a file."""
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -12,12 +13,14 @@ import pytest
 import torch
 
 from envs.sequence_bandit import SequenceBanditEnv
-from sepo_ray import compare, evaluate, evaluation
-from sepo_ray.models import save_model
-from sepo_ray.oracles import RewardError, RewardPool, check_reward_spec, resolve_reward
-from sepo_ray.tasks import get_task, oracle_specs
+from sepo_ray import evaluation
+from sepo_ray.cli import evaluate
+from sepo_ray.cli.compare import compare_main
+from sepo_ray.models import ConvDenoiser, save_model
+from sepo_ray.oracles import RewardError, RewardPool, check_reward_spec, oracle_specs, resolve_reward
+from sepo_ray.tasks import get_task
 from sepo_ray.tasks.dna.models import DNAConvDenoiser
-from tests.test_compare import _args, _fake_run
+from tests.test_experiment import fake_runs, toy_compare
 
 SLEEPY = "tests.rewards_for_tests:sleepy"  # sleeps 20 s
 ONES = "tests.rewards_for_tests:ones"
@@ -97,6 +100,19 @@ def test_pool_reward_times_out_and_the_env_passes_the_setting_on(ray_session):
         fine.kill()
 
 
+def test_the_before_and_after_evaluation_obeys_the_reward_timeout(ray_session, tmp_path, capsys):
+    """A reward that never answers stops the default run's before/after evaluation too, not only training."""
+    from sepo_ray.cli.run import main
+
+    t0 = time.monotonic()
+    rc = main(["toy", "--output", str(tmp_path / "r"), "--reward", SLEEPY, "--set", "reward_timeout_s=0.5",
+               "--set", "oracle_actors=0", "--eval-samples", "8"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 3 and time.monotonic() - t0 < 20  # the reward sleeps 20 s: the timeout, not the reward, ended it
+    assert re.search(NO_ANSWER, err), err
+    assert not (tmp_path / "r").exists()  # nothing to resume: no run folder left
+
+
 # ------------------------------------------------------------------------------------ reward spec check
 def test_check_reward_spec_imports_but_builds_nothing(tmp_path, monkeypatch):
     check_reward_spec(ONES)
@@ -161,25 +177,31 @@ def test_a_generator_with_non_finite_weights_is_never_scored(tmp_path, monkeypat
     assert not out.exists()
 
 
-def test_compare_refuses_a_run_with_non_finite_weights_before_evaluating_anything(
-    tmp_path, monkeypatch, capsys
+def test_an_experiment_refuses_a_run_with_non_finite_weights_before_evaluating_anything(
+    tmp_path, monkeypatch
 ):
-    _fake_run(tmp_path, "sepo_grpo", seed=1)
-    _fake_run(tmp_path, "trajectory_grpo", seed=2)
-    bad = _nan_generator(
-        tmp_path / "runs" / "trajectory_grpo" / "checkpoints" / "iter_0001" / "generator.safetensors"
+    from sepo_ray.experiment import run_experiment
+
+    exp = toy_compare(tmp_path)
+    fake_runs(exp)
+    torch.manual_seed(0)
+    model = ConvDenoiser(hidden_dim=8, num_cnn_stacks=1, num_tokens=4).eval()
+    with torch.no_grad():
+        model.convs[0].weight.view(-1)[:12] = float("nan")
+    bad = save_model(
+        model,
+        tmp_path / "runs" / "trajectory" / "seed1" / "checkpoints" / "iter_0004" / "generator.safetensors",
     )
 
     def refuse(task, rows, **kwargs):
         raise AssertionError(f"evaluated {list(rows)}")
 
     monkeypatch.setattr(evaluation, "evaluate_rows", refuse)
-    with pytest.raises(SystemExit) as info:
-        compare.main(_args(tmp_path))
-    assert info.value.code == 2
-    assert _last_error_line(capsys).endswith(
-        f"error: row trajectory_grpo: generator {bad} has non-finite weights (convs.0.weight: 12 NaN/inf); "
-        "it was not evaluated"
+    with pytest.raises(ValueError) as info:
+        run_experiment(exp)
+    assert str(info.value) == (
+        f"trajectory at iteration 4, seed 1: generator {bad} has non-finite weights (convs.0.weight: 12 NaN/inf); "
+        "nothing was evaluated"
     )
 
 
@@ -190,7 +212,7 @@ def test_num_samples_above_a_reference_set_is_refused_before_sampling(tmp_path, 
 
     monkeypatch.setattr(evaluate, "evaluate_rows", refuse)
     monkeypatch.setattr(evaluation, "evaluate_rows", refuse)
-    monkeypatch.setattr(compare, "train_variants", refuse)
+    monkeypatch.setattr("sepo_ray.training.train", refuse)
     with pytest.raises(SystemExit) as info:
         evaluate.main(["dna", "--num-samples", "959", "--output", str(tmp_path / "ev")])
     assert info.value.code == 2
@@ -198,11 +220,10 @@ def test_num_samples_above_a_reference_set_is_refused_before_sampling(tmp_path, 
     assert line.endswith(
         "error: --num-samples 959: real_hepg2_test has only 958 sequences; use --no-references or fewer samples"
     )
-    with pytest.raises(SystemExit) as info:  # compare: before any training
-        compare.main(["dna", "--output", str(tmp_path / "cmp"), "--num-samples", "959"])
-    assert info.value.code == 2
+    # compare: before any training (15 design batches of 64 = 960 sequences per row)
+    assert compare_main(["dna", "--output", str(tmp_path / "cmp"), "--design-batches", "15"]) == 2
     assert _last_error_line(capsys).endswith(
-        "error: --num-samples 959: real_hepg2_test has only 958 sequences; use fewer samples"
+        "error: 960 sequences per row: real_hepg2_test has only 958 sequences; use fewer (--design-batches)"
     )
     assert not (tmp_path / "ev").exists() and not (tmp_path / "cmp").exists()
 
@@ -224,7 +245,7 @@ def test_an_output_that_is_a_file_is_refused_up_front(tmp_path, monkeypatch, cap
         raise AssertionError("did work")
 
     monkeypatch.setattr(evaluate, "evaluate_rows", refuse)
-    monkeypatch.setattr(compare, "train_variants", refuse)
+    monkeypatch.setattr("sepo_ray.training.train", refuse)
     monkeypatch.setattr(evaluation, "probe_references", refuse)
     path = tmp_path / "a_file"
     path.write_text("x")
@@ -232,9 +253,9 @@ def test_an_output_that_is_a_file_is_refused_up_front(tmp_path, monkeypatch, cap
         evaluate.main(["dna", "--output", str(path)])
     assert info.value.code == 2
     assert _last_error_line(capsys).endswith(f"error: --output {path} is a file, not a directory")
-    for extra in ([], ["--skip-train"]):
-        with pytest.raises(SystemExit) as info:
-            compare.main(["dna", "--output", str(path), *extra])
-        assert info.value.code == 2
+    for command in ("compare", "frontier"):
+        from sepo_ray.cli.compare import main
+
+        assert main(["dna", "--output", str(path)], command) == 2
         assert _last_error_line(capsys).endswith(f"error: --output {path} is a file, not a directory")
     assert path.read_text() == "x"

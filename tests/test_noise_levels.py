@@ -19,7 +19,7 @@ def _toy(m=3, length=4, seed=0):
 
 def _exact_elbo(model, x, steps):
     """E over every (k, mask) of the variational path of sum_k p_k sum_masked log p(x_l | z), by enumeration."""
-    from sepo_ray.bench.fidelity import _all_elbo_states
+    from sepo_ray.benchmarks.fidelity import _all_elbo_states
 
     states, weights = _all_elbo_states(x, steps, model.num_tokens)
     lp = elbo_token_log_probs(model, x, states)  # (N, T 2^L, L)
@@ -98,7 +98,7 @@ def test_noised_loss_is_advantage_weighted_elbo_gradient_on_policy_and_clips():
 def test_every_noise_level_sepo_is_the_exact_gradient_at_one_step():
     """With T = 1 the ELBO is log pi exactly, so the sepo_t estimator averaged over its states and x ~ pi is
     grad E_pi[R] itself (cosine 1), the fidelity table's sepo_t/every_state row."""
-    from sepo_ray.bench.fidelity import FIDELITY_DEFAULTS, cosine, estimator_gradient, flat_grad
+    from sepo_ray.benchmarks.fidelity import FIDELITY_DEFAULTS, cosine, estimator_gradient, flat_grad
     from sepo_ray.diffusion import Sample
     from sepo_ray.sepo.toy import toy_reward
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sepo_ray.oracles import get_oracle, oracle_names
+from sepo_ray.stats import auroc
 from sepo_ray.tasks.dna.data import (
     HEPG2,
     decode,
@@ -18,7 +19,6 @@ from sepo_ray.tasks.dna.data import (
     reverse_complement,
 )
 from sepo_ray.tasks.dna.motifs import MotifScanner, log_odds_pwm, score_threshold
-from sepo_ray.tasks.dna.pretrain import auroc
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def test_env_gives_each_group_one_prompt():
 def test_env_trains_on_a_prompts_file_and_bad_files_fail_before_ray(tmp_path, capsys):
     from sepo_ray.envs import SequenceBanditEnv
 
-    from sepo_ray.run import main
+    from sepo_ray.cli.run import main
 
     path = tmp_path / "prompts.txt"
     path.write_text("GG\nT\n")
@@ -136,7 +136,7 @@ SMALL = ["--set", "prompts_per_batch=2", "--set", "group_size=4", "--set", "deno
 
 
 def _run(out, *extra):
-    from sepo_ray.run import main
+    from sepo_ray.cli.run import main
 
     return main([ECHO, "--output", str(out), *extra])
 

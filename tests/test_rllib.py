@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sepo_ray.frontier.tuning import TUNE_CLOCK
+from sepo_ray.experiment.tuning import TUNE_CLOCK
 
 pytestmark = pytest.mark.slow
 
@@ -34,73 +34,6 @@ def test_default_config_is_the_dna_task():
     cfg = SEPOConfig()
     assert cfg.task == "dna" and cfg.task_spec().length == 200
     assert cfg.batch_sequences == cfg.prompts_per_batch * cfg.group_size
-
-
-def test_run_defaults_then_user_settings_and_reward_win():
-    from sepo_ray.run import build_config
-    from sepo_ray.tasks import get_task
-
-    dna = get_task("dna")
-    cfg = build_config("dna", None, 0, {})
-    assert {k: getattr(cfg, k) for k in dna.default_settings} == dict(dna.default_settings)
-    assert cfg.reward == "dna_ft_accessible" != dna.default_reward  # the default run's guarded reward
-    assert build_config("dna", "dna_ft", 0, {}).reward == "dna_ft"  # --reward beats the run defaults
-    cfg = build_config("dna", None, 0, {"reward": "dna_eval", "kl_alpha": 2.0})
-    assert (cfg.reward, cfg.kl_alpha, cfg.objective) == ("dna_eval", 2.0, "trajectory")
-    # the comparisons train on the benchmark's reward, with every other run default
-    assert dna.benchmark_settings() == {**dna.default_settings, "reward": "dna_ft"}
-    assert get_task("text").benchmark_settings() == dict(get_task("text").default_settings)
-
-
-def test_resume_compares_the_reward_a_run_trained_on(tmp_path, monkeypatch):
-    import json
-
-    import sepo_ray.run as run
-    from sepo_ray.tasks import get_task
-
-    dna = get_task("dna")
-    # a run from before the guard: no reward named anywhere, so it trained on dna_ft
-    old = {"seed": 0, "reward": None, "overrides": {}, "config": {"reward": None, "kl_alpha": 1.0}}
-    assert run.trained_reward(old, "dna_ft") == "dna_ft" == run.asked_reward({"reward": None}, dna)
-    assert run._resume_settings(old, {"reward": "dna_ft"}, None, None, "dna_ft") == ({}, {})
-    assert run.trained_as({**old, "overrides": {}}, {"reward": "dna_ft"}, dna)
-    assert not run.trained_as(old, {}, dna)  # today's run defaults train on the guarded reward
-    with pytest.raises(ValueError, match="--set reward: this run was trained with reward='dna_ft'"):
-        run._resume_settings(old, {"reward": "dna_eval"}, None, None, "dna_ft")
-    # a default run records its reward in its config: --reward naming it resumes, another is refused
-    new = {"seed": 0, "reward": None, "overrides": {}, "config": {"reward": "dna_ft_accessible"}}
-    assert run._resume_settings(new, {}, None, "dna_ft_accessible", "dna_ft") == ({}, {})
-    with pytest.raises(ValueError, match="trained with reward 'dna_ft_accessible'"):
-        run._resume_settings(new, {}, None, "dna_ft", "dna_ft")
-    with pytest.raises(ValueError, match="one setting, given twice"):
-        run.train("dna", tmp_path / "both", overrides={"reward": "dna_eval"}, reward="dna_ft")
-    # train builds a resumed run's config from its record, not from today's defaults
-    seen = {}
-
-    def stop(task, reward, seed, overrides):
-        seen.update(overrides)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(run, "build_config", stop)
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "result.json").write_text(json.dumps({**old, "task": "dna", "history": []}))
-    with pytest.raises(KeyboardInterrupt):
-        run.train("dna", tmp_path / "old", resume=True)
-    assert seen == {"reward": None, "kl_alpha": 1.0}
-
-
-def test_a_resumed_run_keeps_its_recorded_settings_when_the_defaults_change(monkeypatch):
-    from sepo_ray.run import build_config, resumed_settings
-    from sepo_ray.tasks.dna import DNATask
-
-    old = build_config("dna", None, 0, {"lr": 1e-4})
-    previous = {"config": {**old.sepo_settings(), "lr": old.lr, "num_epochs": old.num_epochs, "gone": 1}}
-    monkeypatch.setattr(DNATask, "default_settings", {"objective": "sepo", "kl_alpha": 3.0})
-    resumed = build_config("dna", None, 0, resumed_settings(previous, {"checkpoint_frequency": 7}))
-    assert resumed.sepo_settings() == {**old.sepo_settings(), "checkpoint_frequency": 7}
-    assert (resumed.lr, resumed.num_epochs) == (1e-4, old.num_epochs)
-    fresh = build_config("dna", None, 0, resumed_settings(None, {}))
-    assert (fresh.objective, fresh.kl_alpha, fresh.reward) == ("sepo", 3.0, None)
 
 
 @pytest.mark.parametrize(
@@ -250,7 +183,7 @@ def test_rollout_worker_killed_mid_run(ray_session):
 
 
 def run_main(tmp_path, *extra):
-    from sepo_ray.run import main
+    from sepo_ray.cli.run import main
 
     return main(["toy", "--output", str(tmp_path), "--eval-samples", "32", *extra])
 
@@ -264,7 +197,8 @@ def test_run_stop_and_resume_keeps_history(ray_session, tmp_path):
     record = json.loads((tmp_path / "result.json").read_text())
     assert [h["iteration"] for h in record["history"]] == [1, 2, 3, 4]
     assert record["history"][:2] == first["history"]
-    assert record["config"]["denoise_steps"] == 4  # the run's own settings were kept
+    assert record["settings"]["denoise_steps"] == 4  # the run's own settings were kept
+    assert record["sources"]["denoise_steps"] == "--set"
     assert record["final_checkpoint"].endswith("iter_0004")
     assert (tmp_path / "checkpoints" / "iter_0004" / "generator.safetensors").exists()
     for key in ("iteration", "reward_mean", "reward_median", "kl", "clip_frac", "time_s"):
@@ -285,8 +219,7 @@ def test_bad_reward_gives_clear_error_and_keeps_checkpoint(ray_session, tmp_path
     err = capsys.readouterr().err
     assert rc == 3
     assert reward in err and message in err, err
-    record = json.loads((tmp_path / "result.json").read_text())
-    assert record["history"] == [] and record["final_checkpoint"] is None
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing to resume: no run folder left
 
 
 def test_reward_failing_later_keeps_last_checkpoint(ray_session, tmp_path, capsys):
@@ -303,7 +236,7 @@ def test_reward_failing_later_keeps_last_checkpoint(ray_session, tmp_path, capsy
 
 
 def test_user_reward_rises(ray_session, tmp_path):
-    from sepo_ray.run import main
+    from sepo_ray.cli.run import main
 
     rc = main(
         ["toy", "--output", str(tmp_path), "--iterations", "8", "--eval-samples", "256"]

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from ray import tune
 
-from sepo_ray import sweep
+from sepo_ray import sweeps as sweep
+from sepo_ray.cli import sweep as sweep_cli
 from sepo_ray.runtime import write_json
 from sepo_ray.settings import SETTINGS
-from sepo_ray.sweep import (
+from sepo_ray.sweeps import (
     build_param_space,
     load_sweep_spec,
     parse_sweep_spec,
@@ -244,7 +245,7 @@ def test_yaml_reads_exponent_floats_and_refuses_duplicate_keys(tmp_path):
 def test_cli_reports_a_bad_file_and_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: t\nscheduler: {max_t: 10}\nsearch_space:\n  clip_eps: {uniform: [0.5, 0.1]}\n")
-    assert sweep.main([str(bad)]) == 2
+    assert sweep_cli.main([str(bad)]) == 2
     assert "search_space.clip_eps" in capsys.readouterr().err
 
 
@@ -602,7 +603,7 @@ def test_dry_run_checks_every_reward_spec(tmp_path, monkeypatch, capsys, where, 
     raw = copy.deepcopy(read_sweep_yaml(CPU_FILE))
     raw["base_config"].pop("reward")  # the file names the benchmark's reward; a field lives in one place
     raw[where]["reward"] = reward
-    assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
+    assert sweep_cli.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     err = "\n".join(
         line for line in err if "WARNING algorithm_config.py" not in line
@@ -616,7 +617,7 @@ def test_dry_run_checks_every_reward_spec(tmp_path, monkeypatch, capsys, where, 
 
 def test_dry_run_of_the_shipped_cpu_sweep_passes(tmp_path, monkeypatch, capsys):
     _no_ray(monkeypatch)
-    assert sweep.main([str(CPU_FILE), "--dry-run"]) == 0
+    assert sweep_cli.main([str(CPU_FILE), "--dry-run"]) == 0
     assert "GPUs: a trial asks for at most 0; resources.num_gpus is 0" in capsys.readouterr().out
 
 
@@ -631,13 +632,13 @@ def test_text_sweep_file_parses_fits_two_cores_and_passes_its_dry_run(monkeypatc
     rounds = math.ceil(spec.num_trials / spec.max_concurrent_trials)
     assert rounds * spec.scheduler.max_t <= 600 and spec.time_budget_s <= 15 * 60
     _no_ray(monkeypatch)
-    assert sweep.main([str(TEXT_FILE), "--dry-run"]) == 0
+    assert sweep_cli.main([str(TEXT_FILE), "--dry-run"]) == 0
     assert "searching kl_alpha, lr" in capsys.readouterr().out
 
 
 def test_every_trial_starts_from_the_tasks_run_defaults_then_the_sweep_file():
     from sepo_ray.rllib import SEPOConfig
-    from sepo_ray.sweep.space import build_param_space
+    from sepo_ray.sweeps.space import build_param_space
     from sepo_ray.tasks import get_task
 
     text = build_param_space(load_sweep_spec(TEXT_FILE), SEPOConfig)
@@ -651,20 +652,20 @@ def test_dry_run_refuses_a_trial_that_needs_more_gpus_than_there_are(tmp_path, m
     raw = copy.deepcopy(read_sweep_yaml(CLUSTER_FILE))  # 4 GPUs a trial
     # no resources block: the local machine's CUDA devices
     _no_ray(monkeypatch, cuda_devices=2)
-    assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
+    assert sweep_cli.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: base_config: a trial asks for 4 GPUs but this machine has 2 (torch.cuda.device_count()); it "
         "could never be placed and Tune would wait for it forever. Lower num_gpus_per_learner, "
         "num_gpus_per_env_runner or oracle_num_gpus, or add GPUs"
     )
     _no_ray(monkeypatch, cuda_devices=8)
-    assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 0
+    assert sweep_cli.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 0
     assert "GPUs: a trial asks for at most 4; this machine has 8" in capsys.readouterr().out
     # resources.num_gpus sizes a local Ray; a searched value is checked too, and named
     raw["resources"] = {"num_gpus": 5}
     del raw["base_config"]["num_gpus_per_learner"]
     raw["search_space"]["num_gpus_per_learner"] = {"choice": [1, 3]}
-    assert sweep.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
+    assert sweep_cli.main([str(_write_sweep(tmp_path, raw)), "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith(
         "error: search_space.num_gpus_per_learner=3: a trial asks for 6 GPUs but resources.num_gpus is 5;"
     )
@@ -673,7 +674,7 @@ def test_dry_run_refuses_a_trial_that_needs_more_gpus_than_there_are(tmp_path, m
 def test_cluster_gpus_count_what_the_autoscaler_can_add(ray_session, monkeypatch):
     from ray._private.state import state
 
-    from sepo_ray.sweep.preflight import cluster_gpus
+    from sepo_ray.sweeps.preflight import cluster_gpus
 
     assert cluster_gpus() == (0.0, "the Ray cluster has 0 (ray.cluster_resources())")
     monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: {"GPU": 16, "CPU": 200})
@@ -725,7 +726,7 @@ class CtrlCAt(tune.CLIReporter):
 def test_ctrl_c_marks_cut_trials_prints_the_resume_command_and_exits_130(
     ray_session, tmp_path, monkeypatch, capsys
 ):
-    from sepo_ray.sweep import cli, runner
+    from sepo_ray.sweeps import runner
 
     raw = {
         "name": "ctrl_c",
@@ -736,12 +737,12 @@ def test_ctrl_c_marks_cut_trials_prints_the_resume_command_and_exits_130(
         "search_space": {"clip_eps": {"grid": [0.1, 0.3, 0.2]}},
     }
     path, out = _write_sweep(tmp_path, raw), tmp_path / "out"
-    monkeypatch.setattr(cli, "load_sweep_spec", lambda p: load_sweep_spec(p, FIELDS))
+    monkeypatch.setattr(sweep_cli, "load_sweep_spec", lambda p: load_sweep_spec(p, FIELDS))
     monkeypatch.setattr(runner, "default_trainable", lambda: (StandInSEPO, StandInConfig))
     monkeypatch.setattr(runner, "progress_reporter", lambda spec: CtrlCAt(2))
     monkeypatch.setattr(CtrlCAt, "armed", True)
     handler = signal.getsignal(signal.SIGINT)
-    assert sweep.main([str(path), "--output", str(out)]) == 130
+    assert sweep_cli.main([str(path), "--output", str(out)]) == 130
     assert signal.getsignal(signal.SIGINT) is handler  # ours and Tune's are gone
     assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
 
@@ -763,7 +764,7 @@ def test_ctrl_c_marks_cut_trials_prints_the_resume_command_and_exits_130(
 
     # the printed command continues it: the cut trial resumes, the others are created
     assert not CtrlCAt.armed
-    assert sweep.main([str(path), "--output", str(out), "--resume"]) == 0
+    assert sweep_cli.main([str(path), "--output", str(out), "--resume"]) == 0
     data = json.loads((out / "sweep.json").read_text())
     assert not data["interrupted"] and data["num_trials"] == data["num_terminated"] == 3
     assert {t["resume_hint"] for t in data["trials"]} == {None}
@@ -773,7 +774,7 @@ def test_ctrl_c_marks_cut_trials_prints_the_resume_command_and_exits_130(
 def test_keyboard_interrupt_out_of_fit_still_writes_sweep_json(ray_session, tmp_path, monkeypatch, capsys):
     """A second Ctrl-C (or TUNE_DISABLE_SIGINT_HANDLER=1) raises out of ``fit``: no ResultGrid, the report
     comes from what Tune last saved (here nothing) and counts every trial as not started."""
-    from sepo_ray.sweep import runner
+    from sepo_ray.sweeps import runner
 
     class Interrupted:
         def fit(self):
@@ -790,7 +791,7 @@ def test_keyboard_interrupt_out_of_fit_still_writes_sweep_json(ray_session, tmp_
 
 
 def test_ctrl_c_handler_hands_the_first_press_to_tune_and_raises_on_the_second(monkeypatch):
-    from sepo_ray.sweep.runner import CtrlC
+    from sepo_ray.sweeps.runner import CtrlC
 
     monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)

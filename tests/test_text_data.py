@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from sepo_ray.tasks.text import corpus
 from sepo_ray.tasks.text import data as D
 from sepo_ray.tasks.text.judge import vader_sentiment, win_rate
 
@@ -128,7 +129,7 @@ def test_chunk_sequences_cuts_review_aligned_chunks(small_vocab):
 def small_corpus(reviews, tmp_path, monkeypatch):
     """The cached full-corpus path (tokenise -> .npz -> vocab JSON -> sequences) on 300 reviews, temp cache."""
     monkeypatch.setenv(D.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(D, "_imdb", lambda: reviews.iloc[:300])
+    monkeypatch.setattr(corpus, "_imdb", lambda: reviews.iloc[:300])
     D.review_tokens.cache_clear(), D.compact_vocab.cache_clear()
     yield tmp_path
     D.review_tokens.cache_clear(), D.compact_vocab.cache_clear()

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from sepo_ray import evaluate, evaluation
+from sepo_ray import evaluation
+from sepo_ray.cli import evaluate
 from sepo_ray.diffusion.score_entropy import elbo
+from sepo_ray.stats import mean_std
 from sepo_ray.tasks import get_task
 from sepo_ray.tasks.text.likelihood import conditional_elbo
 
@@ -100,7 +102,7 @@ def test_win_rates_pair_only_completions_of_the_same_prompt():
     assert evaluation.win_rates(frame, "a", "pretrained", "judge") == [0.75]
     assert evaluation.win_rates(frame, "b", "pretrained", "judge") == []  # "r" is not "q": not paired
     assert evaluation.win_rates(frame.drop(columns="prompt"), "b", "pretrained", "judge") == [1.0]
-    metrics = {"a": {"judge_mean": evaluation.mean_std([1.0]), "win_rate": evaluation.mean_std([])}}
+    metrics = {"a": {"judge_mean": mean_std([1.0]), "win_rate": mean_std([])}}
     assert "| a | 1.000 (0.000) | — |" in evaluation.format_table(metrics, {"judge_mean": "judge"})
 
 
@@ -180,56 +182,54 @@ def test_win_rates_pair_rows_of_different_lengths_over_the_first_prompts():
     assert evaluation.win_rates(swapped, "bon", "pretrained", "judge") == [0.25]  # the longer row: over p, q
 
 
-def test_best_of_n_for_text_keeps_the_best_completion_of_each_prompt(monkeypatch):
-    from sepo_ray import compare
+def test_best_of_n_for_text_keeps_the_best_completion_of_each_prompt(monkeypatch, tmp_path):
+    from sepo_ray.experiment.rows import best_of_n_row
     from sepo_ray.oracles import pool
 
     task, seen = get_task("text"), []
 
-    def resolve(spec):
+    def resolve(spec, timeout_s=None):
         def score(texts):
-            seen.extend(texts)
-            return np.arange(len(texts)) % 3  # best of each group of 3: its last completion
+            seen.append(list(texts))
+            return np.full(len(texts), float(len(seen)))  # the last chunk's candidates score highest
 
         return score
 
     monkeypatch.setattr(pool, "resolve_reward", resolve)
-    row = compare.best_of_n_row(task, budget=6, group=3, steps=2)
+    row = best_of_n_row(
+        task, {4: "pretrained"}, n=3, num=2, steps=2, reward="r", pools=tmp_path, timeout_s=5.0
+    )
     kept = row(4)
-    heads = task.decode(task.evaluation_prompts(4, 2))  # the seed's first two evaluation prompts
-    assert len(seen) == 6 and kept == [seen[2], seen[5]]
-    assert all(t.startswith(heads[i // 3]) for i, t in enumerate(seen))  # each group completes one prompt
+    heads = task.decode(task.evaluation_prompts(4, 2))  # the seed's evaluation prompts, as every row's
+    assert len(seen) == 3 and kept == seen[-1]  # N = 3 chunks of 2 candidates, one per prompt
+    assert all(t.startswith(heads[i]) for chunk in seen for i, t in enumerate(chunk))  # design i: prompt i
     assert task.split_prompt(kept, task.evaluation_prompts(4, 2))[0] == heads
 
 
-def test_compare_text_alpha_runs_reward_kl_frontier_and_a_paired_best_of_n(tiny_net, tmp_path):
-    from sepo_ray import compare
-    from sepo_ray.models import save_model
+def test_text_compare_at_several_kl_weights_draws_the_reward_kl_frontier_and_pairs_best_of_n(
+    tiny_net, tmp_path
+):
+    from sepo_ray.experiment import prepare, run_experiment
+    from tests.test_experiment import fake_runs
 
-    runs = compare.variant_plan(["sepo_t_grpo"], [0.1, 1.0])
-    assert runs == {
-        "sepo_t_grpo_kl0.1": ["objective=sepo_t", "kl_alpha=0.1"],
-        "sepo_t_grpo_kl1": ["objective=sepo_t", "kl_alpha=1"],
-    }
-    for i, (name, settings) in enumerate(runs.items()):
-        entry = "checkpoints/iter_0002"
-        (tmp_path / "runs" / name / entry).mkdir(parents=True)
-        save_model(tiny_net, tmp_path / "runs" / name / entry / "generator.safetensors")
-        history = [{"iteration": j + 1, "kl": float(j + i)} for j in range(2)]  # 2 x 1 x 2 = 4 reward calls
-        record = {"config": {"prompts_per_batch": 1, "group_size": 2, "denoise_steps": 2}, "history": history,
-                  "final_checkpoint": entry, "seed": 0, "overrides": compare.parse_overrides(settings)}  # fmt: skip
-        (tmp_path / "runs" / name / "result.json").write_text(json.dumps(record))
-    argv = ["text", "--output", str(tmp_path), "--skip-train", "--variants", "sepo_t_grpo", "--alphas", "0.1,1",
-            "--num-samples", "3", "--seeds", "0,1", "--steps", "2", "--elbo-steps", "1"]  # fmt: skip
-    assert compare.main(argv) == 0
-    info = json.loads((tmp_path / "compare.json").read_text())
-    assert info["final_kl"] == {"sepo_t_grpo_kl0.1": 0.5, "sepo_t_grpo_kl1": 1.5}  # mean of the last (<= 3)
+    exp = prepare(
+        "text", tmp_path, ["pretrained", "best_of_n", "sepo_t"], [4], [0, 1], design_size=2, design_batches=1,
+        steps=2, elbo_steps=1, alphas=[0.1, 1.0], sets=["prompts_per_batch=1", "group_size=2", "denoise_steps=2"],
+    )  # fmt: skip
+    assert list(exp.entries) == ["pretrained", "best_of_n", "sepo_t_kl0.1", "sepo_t_kl1"]
+    fake_runs(exp, model=lambda: tiny_net)
+    report = run_experiment(exp)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert (
+        rows["sepo_t_kl1"]["config"]["kl_alpha"] == 1.0 and rows["sepo_t_kl0.1"]["config"]["kl_alpha"] == 0.1
+    )
+    assert rows["sepo_t_kl1"]["kl"] == pytest.approx(0.15)  # the mean of the last (<= 3) iterations' KL
     assert (tmp_path / "reward_kl.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     samples = pd.read_parquet(tmp_path / "samples.parquet")
-    for seed in (0, 1):  # best-of-2 at 4 calls: 2 completions, of the first 2 prompts the other rows complete
+    for seed in (0, 1):  # best-of-2 at 4 calls: 2 designs, completing the prompts every row completes
         bon = samples[(samples.row == "best_of_n") & (samples.seed == seed)]["prompt"].tolist()
         base = samples[(samples.row == "pretrained") & (samples.seed == seed)]["prompt"].tolist()
-        assert len(bon) == 2 and bon == base[:2]
+        assert len(bon) == 2 and bon == base
     assert 0.0 <= metrics["best_of_n"]["win_rate"]["mean"] <= 1.0
-    assert "win_rate" in metrics["sepo_t_grpo_kl1"]
+    assert "win_rate" in metrics["sepo_t_kl1"]

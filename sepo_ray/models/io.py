@@ -11,8 +11,11 @@ from torch import nn
 
 from .conv import ConvDenoiser
 
-#: class name (as written in a file's header) -> class. Tasks add theirs with :func:`register_model`.
+#: class name (as written in a file's header) -> class, for the classes known in this process; installed
+#: packages declare theirs in the entry-point group ``sepo_ray.models`` (``ClassName = "module:Class"``), read when
+#: a file names a class not loaded yet.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"ConvDenoiser": ConvDenoiser}
+ENTRY_POINT_GROUP = "sepo_ray.models"
 
 
 def register_model(cls: type[nn.Module]) -> type[nn.Module]:
@@ -25,12 +28,13 @@ def register_model(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def _model_class(name: str) -> type[nn.Module]:
-    if name not in MODEL_CLASSES:  # a task's classes register when its package is imported
-        from sepo_ray.tasks import import_all_tasks
+    from sepo_ray.runtime import entry_point_specs, import_object
 
-        import_all_tasks()
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"class_name must be one of {sorted(MODEL_CLASSES)}, got {name!r}")
+    if name not in MODEL_CLASSES:  # a class an installed package declares, imported on first use
+        declared = entry_point_specs(ENTRY_POINT_GROUP)
+        if name not in declared:
+            raise ValueError(f"class_name must be one of {sorted({*MODEL_CLASSES, *declared})}, got {name!r}")
+        MODEL_CLASSES.setdefault(name, import_object(declared[name], f"model class {name!r}"))
     return MODEL_CLASSES[name]
 
 

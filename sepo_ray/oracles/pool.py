@@ -2,7 +2,7 @@
 
 A *reward spec* is a string naming what to score sequences with:
 
-- a registered oracle name (``sepo_ray.oracles.get_oracle``), which a task adds (``Task.oracles``);
+- a registered oracle name (:mod:`sepo_ray.oracles.registry`: the entry-point group ``sepo_ray.oracles``);
 - ``"module:function"``: any importable callable taking a list of sequences (strings) and returning one
   float per sequence; a class at that path is instantiated once (with no arguments) and then called;
 - ``"hf:DIR"`` (or ``"hf:DIR#LABEL"``): a local Hugging Face sequence-classification model folder
@@ -47,7 +47,7 @@ def check_reward_spec(spec: str) -> None:
     """Checks cheaply that a reward spec names something, building nothing; ValueError (one line) otherwise.
 
     ``module:function`` must import and name a callable (a class is not instantiated); a bare name must be
-    a registered oracle name (:func:`sepo_ray.tasks.oracle_specs`).
+    a registered oracle name (:func:`sepo_ray.oracles.registry.oracle_specs`).
     """
     from sepo_ray.runtime import import_object
 
@@ -59,7 +59,7 @@ def check_reward_spec(spec: str) -> None:
         check_spec(spec)
         return
     if ":" not in spec:
-        from sepo_ray.tasks import oracle_specs
+        from .registry import oracle_specs
 
         specs = oracle_specs()
         if spec not in specs:
@@ -146,7 +146,7 @@ def resolve_reward(spec: str, timeout_s: float | None = None) -> Callable[[Seque
     elif ":" in spec:
         raw = import_callable(spec)
     else:
-        from sepo_ray.oracles import get_oracle
+        from .registry import get_oracle
 
         raw = get_oracle(spec)
 

@@ -1,6 +1,5 @@
 """SEPO on Ray RLlib's new API stack: ``from sepo_ray.rllib import SEPO, SEPOConfig``."""
 
-from sepo_ray.rllib.algorithm import SEPO
-from sepo_ray.rllib.config import SEPO_FIELDS, SEPOConfig
+from sepo_ray.rllib.algorithm import SEPO, SEPO_FIELDS, SEPOConfig
 
 __all__ = ["SEPO", "SEPOConfig", "SEPO_FIELDS"]

@@ -1,11 +1,17 @@
-"""SEPO as an RLlib Algorithm: sample -> score -> update -> sync weights.
+"""SEPO as an RLlib Algorithm and its config (one module, as RLlib's own ``ppo.py``): sample -> score -> update ->
+sync weights.
+
+``SEPOConfig()`` with no arguments fine-tunes the default task's pretrained generator against its default
+reward, so ``SEPOConfig().build_algo().train()`` works as any RLlib user would try it. SEPO's own settings are set
+with ``config.sepo(...)`` (or ``config.training(...)``, which accepts the same names); every field's default,
+unit, help and allowed range are declared once in :mod:`sepo_ray.settings`, and a run's whole set of values is
+resolved once by :func:`sepo_ray.resolve.resolve_settings` (``SEPOConfig.from_settings``).
 
 Rollout workers (EnvRunners) hold theta_old and run the whole T-step sampler inside the RLModule; their
-environment sends each batch of sequences to the reward-oracle actors in ONE call. The algorithm then turns
-rewards into advantages where every GRPO group is whole (here, before the data is split across learners),
-the learner group runs K epochs of the SEPO loss, and the new weights are broadcast to the workers. With
-``advantage="critic"`` the driver also holds the value network V(prompt) (:class:`sepo_ray.sepo.Critic`): it
-reads each episode's prompt from its first observation, scores the batch, then fits V on it.
+environment sends each batch of sequences to the reward-oracle actors in ONE call. The algorithm turns rewards
+into GRPO (or running-baseline) advantages where every group is whole (here, before the data is split across
+learners); the actor-critic's advantages come from the value network inside the learner's module. The learner
+group runs K epochs of the SEPO loss, and the new weights are broadcast to the workers.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import logging
 import time
 from functools import partial
 
+import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
@@ -30,12 +39,137 @@ from ray.rllib.utils.metrics import (
 )
 
 from sepo_ray import sepo
+from sepo_ray.envs import SequenceBanditEnv
 from sepo_ray.oracles.pool import RewardError, RewardPool
-from sepo_ray.rllib.config import SEPOConfig
+from sepo_ray.resolve import check_rules
+from sepo_ray.sepo.update import UpdateSpec
+from sepo_ray.settings import SEPO_SETTINGS, SETTINGS
+from sepo_ray.tasks import get_task
+
+from .learner import SEPOTorchLearner
+from .module import SEPOTorchRLModule
+from .state import learner_rng_state, runner_rng_state, set_learner_rng_state, set_runner_rng_state
 
 logger = logging.getLogger(__name__)
 
 SEPO_KEY = "sepo"
+#: name -> (default, one-line description): SEPO's own fields, from the one schema (``sepo_ray.settings``)
+SEPO_FIELDS: dict[str, tuple[object, str]] = {name: (s.default, s.help) for name, s in SEPO_SETTINGS.items()}
+
+
+class SEPOConfig(AlgorithmConfig):
+    """Configuration of the SEPO algorithm (Score Entropy Policy Optimization) on RLlib's new API stack."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or SEPO)
+        for name, setting in SETTINGS.items():  # SEPO's fields, and the RLlib ones with SEPO's defaults
+            setattr(self, name, setting.default)
+        self.minibatch_size = None
+        self.shuffle_batch_per_epoch = False
+        self.rollout_fragment_length = 1
+        self.batch_mode = "truncate_episodes"
+        self.sample_timeout_s = 600.0
+        self.gym_env_vectorize_mode = gym.VectorizeMode.VECTOR_ENTRY_POINT
+        self.restart_failed_env_runners = True
+        self.restart_failed_sub_environments = False
+        self.env = SequenceBanditEnv
+
+    @classmethod
+    def from_settings(cls, settings) -> SEPOConfig:
+        """The config of a resolved :class:`~sepo_ray.resolve.Settings` (every value set as resolved)."""
+        config = cls()
+        for name, value in settings.values.items():
+            setattr(config, name, value)
+        return config
+
+    # ----------------------------------------------------------------------------------------- fields
+    def sepo(self, **kwargs) -> SEPOConfig:
+        """Sets SEPO fields by name (see :data:`SEPO_FIELDS`); an unknown name raises ValueError."""
+        for name, value in kwargs.items():
+            if value is NotProvided:
+                continue
+            if name not in SEPO_FIELDS:
+                raise ValueError(
+                    f"unknown SEPO field {name!r}; valid fields: {', '.join(sorted(SEPO_FIELDS))}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def training(self, **kwargs) -> SEPOConfig:
+        """RLlib's ``training()`` plus every SEPO field (``clip_eps``, ``kl_alpha``, ...)."""
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in SEPO_FIELDS}
+        super().training(**kwargs)
+        return self.sepo(**own)
+
+    # --------------------------------------------------------------------------------------- derived
+    @property
+    def batch_sequences(self) -> int:
+        """Sequences sampled per iteration: prompts_per_batch * group_size."""
+        return int(self.prompts_per_batch) * int(self.group_size)
+
+    def task_spec(self):
+        """The :class:`~sepo_ray.tasks.Task` this config fine-tunes."""
+        return get_task(self.task)
+
+    def sepo_settings(self) -> dict:
+        """The SEPO fields as a plain dict."""
+        return {name: getattr(self, name) for name in SEPO_FIELDS}
+
+    def update_spec(self) -> UpdateSpec:
+        """The pure update's settings (:class:`sepo_ray.sepo.update.UpdateSpec`) for this config's task."""
+        return UpdateSpec.from_settings(self.sepo_settings(), self.task_spec().num_tokens)
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=SEPOTorchRLModule)
+
+    def get_default_learner_class(self):
+        return SEPOTorchLearner
+
+    # ------------------------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Checks every field and SEPO's cross-field rules, fills in the derived RLlib settings (batch sizes, the
+        environment's and the module's configs: the one way settings reach them) and runs RLlib's checks."""
+        self.validate_sepo()
+        runners, learners = max(1, int(self.num_env_runners)), max(1, int(self.num_learners))
+        self.num_envs_per_env_runner = self.batch_sequences // runners
+        self.rollout_fragment_length = 1
+        self.train_batch_size_per_learner = self.batch_sequences // learners
+        self.train_batch_size = self.batch_sequences
+        env_config = dict(self.env_config or {})
+        env_config.update(
+            task=self.task,
+            reward_timeout_s=float(self.reward_timeout_s),
+            group_size=int(self.group_size),
+            prompts_file=self.prompts_file,
+        )
+        if not env_config.get("reward_pool"):
+            env_config["reward"] = self.reward or self.task_spec().default_reward
+        self.env_config = env_config
+        model_config = dict(self._model_config or {}) if isinstance(self._model_config, dict) else {}
+        model_config["sepo"] = {**self.sepo_settings(), "seed": self.seed}
+        self._model_config = model_config
+        super().validate()
+
+    def validate_sepo(self) -> None:
+        """Every field's range from the one schema, then SEPO's cross-field rules; errors name the field."""
+
+        def where(field: str) -> str:
+            return f"SEPOConfig.{field}={getattr(self, field, None)!r}"
+
+        for name, setting in SETTINGS.items():
+            why = setting.why_invalid(getattr(self, name, setting.default))
+            if why is not None:
+                raise ValueError(f"{where(name)}: {why}")
+        try:
+            task = self.task_spec()
+        except ValueError as e:
+            raise ValueError(f"{where('task')}: {e}") from None
+        if self.minibatch_size is not None:
+            raise ValueError(
+                "SEPOConfig.minibatch_size must be None: each epoch uses the whole batch of B * G sequences "
+                "(the GRPO coefficient averages over whole groups)"
+            )
+        check_rules({name: getattr(self, name) for name in SETTINGS}, task, where)
 
 
 class SEPO(Algorithm):
@@ -61,26 +195,13 @@ class SEPO(Algorithm):
             bundles=list(pgf.bundles) + [{"GPU": gpus} for _ in range(actors)], strategy=pgf.strategy
         )
 
-    # ------------------------------------------------------------------------------------------ setup
     def setup(self, config) -> None:
         cfg = self.config
         self._reward_pool = None
-        self._baseline = None  # PPO: learned scalar value of the (single-state) bandit
-        self._critic = None  # actor-critic: V_phi(prompt) and its optimiser (App. B.1, App. E.1)
-        if cfg.advantage == "critic":
-            task = cfg.task_spec()
-            self._critic = sepo.Critic(
-                task.num_tokens,
-                int(getattr(task, "prompt_length", 0) or 0),
-                hidden=int(cfg.critic_hidden),
-                lr=float(cfg.critic_lr),
-                steps=int(cfg.critic_steps),
-                seed=int(cfg.seed or 0),
-            )
+        self._baseline = None  # advantage 'ppo': running mean of the (single-state) bandit's reward
         if cfg.oracle_actors > 0:
-            spec = cfg.reward or cfg.task_spec().default_reward
             self._reward_pool = RewardPool(
-                spec,
+                cfg.reward or cfg.task_spec().default_reward,
                 num_actors=cfg.oracle_actors,
                 num_gpus=float(cfg.oracle_num_gpus),
                 max_restarts=int(cfg.oracle_max_restarts),
@@ -109,35 +230,12 @@ class SEPO(Algorithm):
         cfg = self.config
         # 1. Sample: B * G whole sequences with theta_old (old-policy SEPO quantities ride along).
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            episodes = []
-            for attempt in range(4):
-                got, runner_results = synchronous_parallel_sample(
-                    worker_set=self.env_runner_group,
-                    max_env_steps=cfg.batch_sequences - len(episodes),
-                    sample_timeout_s=cfg.sample_timeout_s,
-                    _uses_new_env_runners=True,
-                    _return_metrics=True,
-                )
-                episodes += [e for e in got if len(e) > 0]
-                self.metrics.aggregate(runner_results, key=ENV_RUNNER_RESULTS)
-                if len(episodes) >= cfg.batch_sequences:
-                    break
-                logger.warning(
-                    "SEPO: sampled %d/%d sequences; restoring rollout workers",
-                    len(episodes),
-                    cfg.batch_sequences,
-                )
-                time.sleep(1.0 + attempt)  # give Ray time to restart a crashed worker
-                self.restore_env_runners(self.env_runner_group)
-            if not episodes:
-                raise RuntimeError("SEPO: every rollout worker failed to sample, four times in a row")
-
-        # 2. Score: rewards (already computed by the oracle actors inside the env step) -> advantages.
+            episodes = self._sample(cfg.batch_sequences)
+        # 2. Score: rewards (computed by the oracle actors inside the env step) -> advantages.
         rewards = self._check_rewards(episodes)
-        advantages, advantage_stats = self._advantages(episodes, rewards)
-        for episode, a in zip(episodes, advantages):
-            episode.custom_data["advantage"] = float(a)
-
+        for episode, a in zip(episodes, self._advantages(episodes, rewards)):
+            if a is not None:  # the actor-critic's come from the learner's value network
+                episode.custom_data["advantage"] = float(a)
         # 3. Update: K epochs of the SEPO loss on the whole batch.
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             learner_results = self.learner_group.update(
@@ -152,20 +250,39 @@ class SEPO(Algorithm):
                 shuffle_batch_per_epoch=False,
             )
             self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
-
         # 4. Sync: broadcast the new weights to every rollout worker.
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
             modules = set(learner_results[0].keys()) - {"__all_modules__"}
             self.env_runner_group.sync_weights(
                 from_worker_or_learner_group=self.learner_group, policies=modules, inference_only=True
             )
-
-        self._log_sepo_metrics(rewards, learner_results, advantage_stats)
+        self._log_sepo_metrics(rewards, learner_results)
         if cfg.heldout_eval_interval and (self.training_iteration + 1) % cfg.heldout_eval_interval == 0:
             for name, value in self.heldout_metrics().items():
                 self.metrics.log_value((SEPO_KEY, name), value, window=1)
 
-    # ------------------------------------------------------------------------------------------ score
+    def _sample(self, wanted: int) -> list:
+        """``wanted`` whole sequences from the rollout workers; a crashed worker is restored and sampling goes on."""
+        episodes = []
+        for attempt in range(4):
+            got, runner_results = synchronous_parallel_sample(
+                worker_set=self.env_runner_group,
+                max_env_steps=wanted - len(episodes),
+                sample_timeout_s=self.config.sample_timeout_s,
+                _uses_new_env_runners=True,
+                _return_metrics=True,
+            )
+            episodes += [e for e in got if len(e) > 0]
+            self.metrics.aggregate(runner_results, key=ENV_RUNNER_RESULTS)
+            if len(episodes) >= wanted:
+                return episodes
+            logger.warning("SEPO: sampled %d/%d sequences; restoring rollout workers", len(episodes), wanted)
+            time.sleep(1.0 + attempt)  # give Ray time to restart a crashed worker
+            self.restore_env_runners(self.env_runner_group)
+        if not episodes:
+            raise RuntimeError("SEPO: every rollout worker failed to sample, four times in a row")
+        return episodes
+
     def _check_rewards(self, episodes) -> np.ndarray:
         rewards = np.array([e.get_return() for e in episodes], dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(rewards))
@@ -178,19 +295,18 @@ class SEPO(Algorithm):
             )
         return rewards
 
-    def _advantages(self, episodes, rewards: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """Advantages (N,) float64 in episode order, and stats to log (the critic's; {} otherwise)."""
+    def _advantages(self, episodes, rewards: np.ndarray) -> list:
+        """Advantages in episode order: GRPO's (whole groups) or the running baseline's; None each for the
+        actor-critic (its learner computes A = R - V_phi(prompt))."""
         cfg = self.config
         if cfg.advantage == "critic":
-            # A = R - V_phi(prompt), V_phi before this batch's fit; then V_phi is fitted by MSE. App. B.1, E.1
-            advantages, stats = self._critic.advantages(_prompts(episodes), torch.as_tensor(rewards))
-            return advantages.numpy(), {f"critic_{k}": v for k, v in stats.items()}
+            return [None] * len(episodes)
         if cfg.advantage == "ppo":
             # A = R - V with V the learned value of the single bandit state (running mean of rewards).
             baseline = float(rewards.mean()) if self._baseline is None else self._baseline
             self._baseline = 0.9 * baseline + 0.1 * float(rewards.mean())
             r = torch.as_tensor(rewards)
-            return sepo.ppo_advantages(r, torch.full_like(r, baseline)).numpy(), {}
+            return sepo.ppo_advantages(r, torch.full_like(r, baseline)).tolist()
         group_ids = np.array([int(e.get_extra_model_outputs("group_id", -1)) for e in episodes])
         order = np.argsort(group_ids, kind="stable")
         _, counts = np.unique(group_ids[order], return_counts=True)
@@ -201,9 +317,9 @@ class SEPO(Algorithm):
         adv_sorted = sepo.group_advantages(torch.as_tensor(rewards[order]), cfg.group_size).numpy()
         advantages = np.empty_like(adv_sorted)
         advantages[order] = adv_sorted
-        return advantages, {}
+        return advantages.tolist()
 
-    def _log_sepo_metrics(self, rewards: np.ndarray, learner_results, extra: dict[str, float]) -> None:
+    def _log_sepo_metrics(self, rewards: np.ndarray, learner_results) -> None:
         res = learner_results[0].get(DEFAULT_MODULE_ID, {}) if learner_results else {}
 
         def last(key):
@@ -211,14 +327,15 @@ class SEPO(Algorithm):
             v = v.peek() if hasattr(v, "peek") else v
             return float(v) if v is not None else float("nan")
 
-        for key, value in {
+        values = {
             "reward_mean": float(rewards.mean()),
             "reward_median": float(np.median(rewards)),
             "reward_max": float(rewards.max()),
             "kl": last("kl"),
             "clip_frac": last("clip_frac"),
-            **extra,
-        }.items():
+            **{k: last(k) for k in res if k.startswith("critic_")},
+        }
+        for key, value in values.items():
             self.metrics.log_value((SEPO_KEY, key), value, window=1)
 
     # --------------------------------------------------------------------------------- current weights
@@ -252,15 +369,14 @@ class SEPO(Algorithm):
 
     # ---------------------------------------------------------------------------------- checkpointing
     def get_state(self, *args, **kwargs):
-        """RLlib's state plus SEPO's own: the PPO baseline, the critic (weights and Adam moments) and the
-        random-number state of every sampler and learner, so that a resumed run draws what the uninterrupted
-        run would have drawn."""
+        """RLlib's state (the module, the critic's included, and the learner's optimisers) plus SEPO's own: the
+        running baseline and the random-number state of every sampler and learner, so that a resumed run draws
+        what the uninterrupted run would have drawn."""
         state = super().get_state(*args, **kwargs)
         state["sepo_baseline"] = self._baseline
-        state["sepo_critic"] = self._critic.get_state() if self._critic is not None else None
         state["sepo_rng"] = {
-            "runners": dict(self.env_runner_group.foreach_env_runner(_runner_rng_state)),
-            "learners": [r.get() for r in self.learner_group.foreach_learner(_learner_rng_state)],
+            "runners": dict(self.env_runner_group.foreach_env_runner(runner_rng_state)),
+            "learners": [r.get() for r in self.learner_group.foreach_learner(learner_rng_state)],
         }
         return state
 
@@ -268,49 +384,8 @@ class SEPO(Algorithm):
         super().set_state(state)
         if "sepo_baseline" in state:
             self._baseline = state["sepo_baseline"]
-        if self._critic is not None and state.get("sepo_critic") is not None:
-            self._critic.set_state(state["sepo_critic"])
         rng = state.get("sepo_rng")
         if rng:
-            self.env_runner_group.foreach_env_runner(partial(_set_runner_rng_state, states=rng["runners"]))
+            self.env_runner_group.foreach_env_runner(partial(set_runner_rng_state, states=rng["runners"]))
             if rng["learners"]:
-                self.learner_group.foreach_learner(partial(_set_learner_rng_state, state=rng["learners"][0]))
-
-
-def _prompts(episodes) -> torch.Tensor:
-    """Each episode's prompt (N, P) int64, MASK-padded, from its first observation [flag, prompt_id, prompt]."""
-    obs = np.stack([np.asarray(e.get_observations(0), dtype=np.float32) for e in episodes])  # (N, 2 + P)
-    if np.any(obs[:, 0] != 0.0):
-        raise RuntimeError("SEPO: an episode does not start at a reset observation (terminal flag set)")
-    return torch.from_numpy(np.rint(obs[:, 2:])).long()  # (N, P); P = 0 without prompts
-
-
-# Module-level (they travel to remote workers; they must not capture the Algorithm).
-def _runner_env(runner):
-    env = getattr(runner, "env", None)
-    return getattr(env, "unwrapped", env)
-
-
-def _runner_rng_state(runner) -> tuple[int, tuple]:
-    """(worker index, (sampler generator state, environment generator state)): the env draws the prompts."""
-    env = _runner_env(runner)
-    env_state = env.rng_state() if hasattr(env, "rng_state") else None
-    return int(runner.worker_index), (runner.module._rng.get_state().numpy().tobytes(), env_state)
-
-
-def _set_runner_rng_state(runner, states: dict) -> None:
-    if int(runner.worker_index) not in states:
-        return
-    sampler, env_state = states[int(runner.worker_index)]
-    runner.module._rng.set_state(torch.from_numpy(np.frombuffer(sampler, dtype=np.uint8).copy()))
-    env = _runner_env(runner)
-    if env_state is not None and hasattr(env, "set_rng_state"):
-        env.set_rng_state(env_state)
-
-
-def _learner_rng_state(learner) -> bytes:
-    return learner._noise.get_state().numpy().tobytes()
-
-
-def _set_learner_rng_state(learner, state: bytes) -> None:
-    learner._noise.set_state(torch.from_numpy(np.frombuffer(state, dtype=np.uint8).copy()))
+                self.learner_group.foreach_learner(partial(set_learner_rng_state, state=rng["learners"][0]))

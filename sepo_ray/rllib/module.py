@@ -27,6 +27,11 @@ always:
 - for a task with prompts: ``free`` (N, L) bool, False at the prompt's tokens (clamped context: the loss,
   the SNIS sites and the KL touch only the completion).
 
+With ``advantage="critic"`` the module also holds the value network V_phi(prompt)
+(:class:`sepo_ray.sepo.critic.ValueNet`, App. B.1 / E.1), as RLlib's PPO module holds its value head: the
+learner trains it with its own optimiser and checkpoints it with the rest of the module; rollout workers,
+which only sample, build the module without it (``InferenceOnlyAPI``).
+
 The quantities are assembled by :func:`sepo_ray.sepo.update.rollout`, the same function the benchmarks call.
 """
 
@@ -35,10 +40,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from sepo_ray import diffusion
 from sepo_ray.sepo import update
+from sepo_ray.sepo.critic import ValueNet
+from sepo_ray.tasks import get_task
 
 
 def _sampler_seed(seed: int | None) -> int:
@@ -55,22 +63,36 @@ def _sampler_seed(seed: int | None) -> int:
     return (int(seed) * 1_000_003 + offset) % (2**62)
 
 
-class SEPOTorchRLModule(TorchRLModule):
-    """Wraps the task's denoiser ``model(z (B, L)) -> logits (B, L, m)``; the policy is its sampler."""
+class SEPOTorchRLModule(TorchRLModule, InferenceOnlyAPI):
+    """Wraps the task's denoiser ``model(z (B, L)) -> logits (B, L, m)``; the policy is its sampler.
+
+    Its settings arrive one way: ``model_config["sepo"]``, the config's SEPO fields and seed
+    (``SEPOConfig.validate``)."""
 
     def setup(self):
-        from sepo_ray.sepo.update import UpdateSpec
-        from sepo_ray.tasks import get_task
-
         settings = self.model_config["sepo"]
         self.task = get_task(settings["task"])
-        self.spec = UpdateSpec.from_settings(settings, self.task.num_tokens)
+        self.spec = update.UpdateSpec.from_settings(settings, self.task.num_tokens)
         self.group_size = int(settings["group_size"])
-        self.generator_weights = settings["generator"]
-        self.denoiser = self.task.build_denoiser(self.generator_weights)
+        self.denoiser = self.task.build_denoiser(settings["generator"])
         self.schedule = diffusion.LogLinearSchedule()
         self._rng = torch.Generator()
-        self._rng.manual_seed(_sampler_seed(self.model_config.get("seed")))
+        self._rng.manual_seed(_sampler_seed(settings["seed"]))
+        if settings["advantage"] == "critic":  # V_phi(prompt), App. B.1 / E.1
+            self.value_net = ValueNet(
+                self.task.num_tokens,
+                self.task.prompt_length,
+                hidden=int(settings["critic_hidden"]),
+                seed=int(settings["seed"] or 0),
+            )
+
+    def get_non_inference_attributes(self) -> list[str]:
+        """The value network: only the learner needs it."""
+        return ["value_net"]
+
+    def values(self, prompt: torch.Tensor) -> torch.Tensor:
+        """V_phi(prompt) (N,) float32 for prompts (N, P) int64, MASK-padded (with gradient)."""
+        return self.value_net(prompt)
 
     # ------------------------------------------------------------------------------------- sampling
     def generate(

@@ -5,7 +5,7 @@ Pure torch/numpy; no Ray.
 """
 
 from .advantages import group_advantages, leave_one_out_advantages, ppo_advantages
-from .critic import Critic, ValueNet, critic_advantages, explained_variance, fit_value, value_loss
+from .critic import ValueNet, center_value, critic_advantages, critic_stats, explained_variance, value_loss
 from .kl import kl_masked_path, kl_to_reference
 from .loss import (
     grpo,
@@ -36,14 +36,14 @@ from .snis import (
 )
 
 __all__ = [
-    "Critic",
     "ESTIMATORS",
     "SNISTerms",
     "ValueNet",
     "critic_advantages",
     "draw_snis_sites",
     "explained_variance",
-    "fit_value",
+    "center_value",
+    "critic_stats",
     "group_advantages",
     "grpo",
     "grpo_coefficients",

@@ -8,7 +8,8 @@ and bias the policy gradient; the prompt is what the policy conditions on. A tas
 state, so V_phi degenerates to one learned scalar (a learned baseline).
 
 Ordering (standard PPO): the advantages of an iteration use V_phi BEFORE it sees that iteration's rewards; the
-critic is then fitted on them for a few full-batch Adam steps of the MSE  (V_phi(c) - R(x))^2  # App. E.1
+critic is then fitted on them, one step of the MSE  (V_phi(c) - R(x))^2  per epoch, with its own optimiser,
+alongside the policy's update  # App. E.1  (the RLlib learner owns both optimisers, as RLlib's PPO does).
 
 KL regularisation: App. E.1 subtracts beta * KL(q^theta(x) || q^pre(x)) from each sequence's reward. Here the
 same alpha * KL(pi_theta || pi_pre) along the sampler path is a term of the SEPO loss (App. D.2), evaluated by
@@ -20,7 +21,6 @@ Pure torch: no Ray, no logging; runs on a CPU in milliseconds.
 
 from __future__ import annotations
 
-import io
 import math
 
 import torch
@@ -48,6 +48,9 @@ class ValueNet(nn.Module):
         self.mask_id = int(num_tokens)
         self.prompt_length = int(prompt_length)
         self.bias = nn.Parameter(torch.zeros(()))  # b: the whole value when P = 0
+        self.register_buffer(
+            "fits", torch.zeros((), dtype=torch.long)
+        )  # batches fitted so far (checkpointed)
         if self.prompt_length:
             g = torch.Generator().manual_seed(int(seed))  # seeded init, independent of the global RNG
             bound = 1.0 / math.sqrt(hidden)
@@ -91,26 +94,6 @@ def explained_variance(values: Tensor, rewards: Tensor) -> float:
     return float("nan") if var == 0.0 else 1.0 - float((r - v).var(unbiased=False)) / var
 
 
-def fit_value(
-    net: ValueNet, optimizer: torch.optim.Optimizer, prompts: Tensor, rewards: Tensor, steps: int
-) -> dict[str, float]:
-    """``steps`` full-batch optimiser steps on the MSE of V_phi(prompts) against rewards (N,) -> stats.
-
-    ``fit_loss`` is the MSE after the last step (on this batch).
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    target = rewards.to(torch.float32)  # (N,)
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = value_loss(net(prompts), target)
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        _, stats = value_loss(net(prompts), target)
-    return {"fit_loss": stats["value_loss"]}
-
-
 def critic_advantages(rewards: Tensor, values: Tensor, normalize: bool = True, eps: float = 1e-8) -> Tensor:
     """A = R - V, optionally divided by the batch root-mean-square of A. (N,), (N,) -> (N,) float64.
 
@@ -126,62 +109,21 @@ def critic_advantages(rewards: Tensor, values: Tensor, normalize: bool = True, e
     return a / (a.pow(2).mean().sqrt() + eps)  # (N,)
 
 
-class Critic:
-    """V_phi and its Adam optimiser: :meth:`advantages` scores a batch with the current V_phi, then fits it.
+@torch.no_grad()
+def center_value(net: ValueNet, prompts: Tensor, rewards: Tensor) -> None:
+    """Before the first fit, shift b by the batch's mean residual, so that V_phi starts at the reward's level
+    instead of 0 (the first advantages are then centred on the batch mean, as the running baseline of 'ppo'
+    is). A no-op once ``net.fits`` > 0. prompts (N, P) int64, rewards (N,)."""
+    if int(net.fits) == 0:
+        net.bias += (rewards.to(torch.float32) - net(prompts)).mean()
 
-    The first batch also sets b to its mean residual, so that V_phi starts at the reward's level instead of
-    0 (the first advantages are then centred on the batch mean, as the running baseline of 'ppo' does).
-    """
 
-    def __init__(
-        self,
-        num_tokens: int,
-        prompt_length: int = 0,
-        hidden: int = 32,
-        lr: float = 1e-2,
-        steps: int = 16,
-        seed: int = 0,
-    ):
-        self.net = ValueNet(num_tokens, prompt_length, hidden, seed)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
-        self.steps = int(steps)
-        self.fits = 0  # batches fitted so far
-
-    def values(self, prompts: Tensor) -> Tensor:
-        """V_phi(prompts) (N,) float32, no gradient."""
-        with torch.no_grad():
-            return self.net(prompts).detach()  # (N,); detached: with P = 0 it is a view of the parameter b
-
-    def advantages(
-        self, prompts: Tensor, rewards: Tensor, normalize: bool = True
-    ) -> tuple[Tensor, dict[str, float]]:
-        """(prompts (N, P) int64, rewards (N,)) -> (advantages (N,) float64, stats); then fits V_phi on them.
-
-        stats: ``value_loss`` (MSE of the V_phi used, on rewards it had not seen), ``explained_var`` (of the
-        same), ``fit_loss`` (MSE after this iteration's fit), ``value_mean``.
-        """
-        if self.fits == 0:
-            with torch.no_grad():
-                self.net.bias += (rewards.to(torch.float32) - self.net(prompts)).mean()
-        values = self.values(prompts)  # (N,): V_phi before this batch  # standard PPO ordering
-        advantages = critic_advantages(rewards, values, normalize)  # (N,)
-        _, stats = value_loss(values.double(), rewards.double())
-        stats["explained_var"] = explained_variance(values, rewards)
-        stats["value_mean"] = float(values.double().mean())
-        stats.update(fit_value(self.net, self.optimizer, prompts, rewards, self.steps))
-        self.fits += 1
-        return advantages, stats
-
-    def get_state(self) -> bytes:
-        """Weights, Adam moments and step counts as bytes (exact resume; fits any checkpoint format)."""
-        buffer = io.BytesIO()
-        state = {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "fits": self.fits}
-        torch.save(state, buffer)
-        return buffer.getvalue()
-
-    def set_state(self, state: bytes) -> None:
-        """Restore :meth:`get_state`."""
-        loaded = torch.load(io.BytesIO(state), weights_only=True)
-        self.net.load_state_dict(loaded["net"])
-        self.optimizer.load_state_dict(loaded["optimizer"])
-        self.fits = int(loaded["fits"])
+def critic_stats(values: Tensor, rewards: Tensor) -> dict[str, float]:
+    """What to log of the V_phi used for a batch's advantages (before it saw these rewards): ``value_loss``
+    (MSE), ``explained_var`` and ``value_mean``. (N,), (N,) -> floats."""
+    _, stats = value_loss(values.double(), rewards.double())
+    return {
+        **stats,
+        "explained_var": explained_variance(values, rewards),
+        "value_mean": float(values.double().mean()),
+    }

@@ -13,21 +13,11 @@ installed tasks.
 
 from __future__ import annotations
 
-from importlib import metadata
+from sepo_ray.runtime import entry_point_specs, import_object
 
-from sepo_ray.runtime import import_object
-
-from .base import Scorer, Task
+from .base import Scorer, Task, read_prompt_file
 
 ENTRY_POINT_GROUP = "sepo_ray.tasks"
-#: This package's own tasks, also found when it runs from a source tree without installed metadata.
-BUILTIN_TASKS = {
-    "dna": "sepo_ray.tasks.dna:DNATask",
-    "text": "sepo_ray.tasks.text:TextTask",
-    "text_sedd": "sepo_ray.tasks.text.sedd:SEDDTextTask",
-    "toy": "sepo_ray.tasks.toy:ToyTask",
-}
-
 _registered: dict[str, object] = {}
 _instances: dict[str, Task] = {}
 
@@ -42,9 +32,7 @@ def register_task(name: str, task: type[Task] | Task) -> None:
 
 def available_tasks() -> dict[str, str]:
     """Installed task names -> where they come from (``module:attr``), sorted by name."""
-    found = dict(BUILTIN_TASKS)
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
+    found = entry_point_specs(ENTRY_POINT_GROUP)
     for name, task in _registered.items():
         found[name] = (
             f"{getattr(task, '__module__', '?')}:{getattr(task, '__qualname__', type(task).__qualname__)}"
@@ -77,36 +65,19 @@ def get_task(name: str) -> Task:
             raise ValueError(f"task {name!r}: {attr} must be an integer >= 1, got {getattr(task, attr)!r}")
     if not task.default_reward:
         raise ValueError(f"task {name!r} names no default_reward")
+    task.spec = (
+        name  # how this instance is found again: its name, or the ``module:TaskClass`` it was given as
+    )
     _instances[name] = task
     return task
 
 
-def import_all_tasks() -> None:
-    """Import every installed task (so that their model classes and oracle names are registered)."""
-    for name in available_tasks():
-        try:
-            get_task(name)
-        except ValueError:
-            pass  # a broken third-party task must not hide the others; get_task(name) reports it
-
-
-def oracle_specs() -> dict[str, str]:
-    """Reward names that the installed tasks add (``Task.oracles``) -> ``module:Class``."""
-    import_all_tasks()
-    out: dict[str, str] = {}
-    for task in _instances.values():
-        out.update(task.oracles)
-    return out
-
-
 __all__ = [
-    "BUILTIN_TASKS",
     "ENTRY_POINT_GROUP",
     "Scorer",
     "Task",
     "available_tasks",
     "get_task",
-    "import_all_tasks",
-    "oracle_specs",
+    "read_prompt_file",
     "register_task",
 ]

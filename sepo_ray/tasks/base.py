@@ -9,8 +9,8 @@ from the defaults:
   and ``encode`` use it; a task with a tokenizer overrides both);
 - ``build_denoiser(generator)``: the pretrained denoiser ``model(z (B, L)) -> logits (B, L, m)`` (or the
   weights in ``generator``: a file or folder);
-- ``default_reward``: a reward spec (``"module:function"`` or one of ``oracles``, the names the task adds to
-  the reward registry);
+- ``default_reward``: a reward spec (``"module:function"``, or a reward name its package declares in the
+  entry-point group ``sepo_ray.oracles``);
 - ``heldout(sequences)``: the cheap held-out check reported during training, ``{"heldout_score": ...,
   "heldout_realism": ...}`` (the score of an oracle never used in training, and how much the samples still
   look like real data); ``{}`` for a task without one;
@@ -41,6 +41,25 @@ def prompt_draw(seed: int, num_samples: int, pool_size: int) -> Tensor:
     return torch.randint(0, pool_size, (num_samples,), generator=gen)  # (N,)
 
 
+def read_prompt_file(path: str | Path) -> list[str]:
+    """A user's prompts, one per line (UTF-8; trailing white space and the line break are not part of the
+    prompt: a GPT-2 prompt ending in a space would be followed by unnatural tokens). ValueError for a file
+    that does not exist or cannot be read, or one that holds no line; a blank line is an empty prompt (the task's
+    ``encode_prompts`` refuses it, naming its number)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"prompt file {path} does not exist" if not path.exists() else f"{path} is not a file"
+        )
+    try:
+        lines = [line.rstrip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"prompt file {path} cannot be read: {e}") from None
+    if not lines:
+        raise ValueError(f"prompt file {path} is empty: write one prompt per line")
+    return lines
+
+
 class Scorer:
     """The evaluation table of a task: per-sequence scores and set-level metrics.
 
@@ -59,6 +78,11 @@ class Scorer:
     #: a per-sequence score compared pairwise against the ``pretrained`` row (same seed, same index: the same
     #: prompt), giving the metric ``win_rate`` (ties count half); None: no pairwise comparison
     paired_score: str | None = None
+    #: the metric comparisons rank rows by (None: the first of ``metric_labels``)
+    score_metric: str | None = None
+    #: a realism metric and the least value a row may keep to be called best (None: no guard)
+    realism_metric: str | None = None
+    realism_min: float = 0.0
 
     def __init__(self, reward: str):
         from sepo_ray.oracles.pool import resolve_reward
@@ -86,13 +110,13 @@ class Task:
     """Base class of a fine-tuning task (see the module docstring for what to override)."""
 
     name: ClassVar[str] = ""
+    #: how ``get_task`` found this instance (its registered name, or ``"module:TaskClass"``): what a config names
+    spec: str = ""
     description: ClassVar[str] = ""
     length: int = 0
     num_tokens: int = 0
     alphabet: str = ""
     default_reward: str = ""
-    #: reward names this task adds to the registry: name -> "module:Class" (instantiated once, then called)
-    oracles: ClassVar[Mapping[str, str]] = {}
     #: P, the most prompt tokens at the start of a sequence (0 = unconditional generation). A task with prompts
     #: returns them from ``prompts(split)``; each GRPO group is G completions of one prompt.
     prompt_length: int = 0
@@ -100,22 +124,21 @@ class Task:
     #: example the token proposals J a large vocabulary needs; names and ranges are the settings schema's.
     default_settings: ClassVar[Mapping[str, object]] = {}
     #: ``default_settings`` may name a ``reward`` (a guarded variant of ``default_reward`` for the default run);
-    #: the method comparisons train and select on ``default_reward`` itself (:meth:`benchmark_settings`).
+    #: the method comparisons train and select on ``default_reward`` itself (:meth:`benchmark_reward_pin`).
     #: iterations of ``python -m sepo_ray.run TASK`` without ``--iterations`` (its default oracle budget is this
     #: times prompts_per_batch * group_size)
     default_iterations: ClassVar[int] = 16
-    #: the folder of the task's shipped artifacts (hashed by ``evaluation_fingerprint``), or None
+    #: the folder of the task's shipped artifacts (hashed by ``evaluation_fingerprint``; the pretrained generator
+    #: is ``artifact_dir/generator.safetensors`` unless ``build_denoiser`` says otherwise), or None
     artifact_dir: ClassVar[Path | None] = None
-
-    def benchmark_settings(self) -> dict:
-        """The run defaults with the benchmark's reward (``default_reward``) in place of any reward they name:
-        what ``compare`` and the frontier train with, so that every method and best-of-N spend their calls on
-        one reward."""
-        return {**self.default_settings, **self.benchmark_reward_pin()}
+    #: the least ``heldout_realism`` a tuning trial may keep to be chosen (``compare``/``frontier``
+    #: ``--tune-realism``); 0: no guard
+    heldout_realism_min: ClassVar[float] = 0.0
 
     def benchmark_reward_pin(self) -> dict:
         """``{"reward": default_reward}`` when the run defaults name another reward, else {}: the one override
-        that puts a run of these defaults on the benchmark's reward (``compare``'s and the frontier's runs)."""
+        that puts a run of these defaults on the benchmark's reward (the ``benchmark`` layer of
+        :func:`sepo_ray.resolve.resolve_settings`, which ``compare`` and ``frontier`` runs use)."""
         return {"reward": self.default_reward} if "reward" in self.default_settings else {}
 
     # ------------------------------------------------------------------------------------- vocabulary
@@ -167,12 +190,14 @@ class Task:
     def build_denoiser(
         self, generator: str | Path | None = None, device: str | torch.device = "cpu"
     ) -> nn.Module:
-        """The pretrained denoiser (``generator`` None) or the weights in ``generator``, in eval mode."""
-        if generator is None:
-            raise NotImplementedError(f"task {self.name!r} has no pretrained denoiser: pass generator=PATH")
-        from sepo_ray.models import load_model, model_file
+        """The pretrained denoiser (``generator`` None: ``artifact_dir/generator.safetensors``) or the weights in
+        ``generator`` (a file or folder written by ``sepo_ray.models.save_model``), in eval mode."""
+        from sepo_ray.models import load_model
 
-        return load_model(model_file(generator), device)
+        path = self.generator_file(generator)
+        if path is None:
+            raise NotImplementedError(f"task {self.name!r} has no pretrained denoiser: pass generator=PATH")
+        return load_model(path, device)
 
     def export_denoiser(self, model: nn.Module) -> nn.Module:
         """The module to save as ``generator.safetensors`` for ``model`` (a registered model class; default
@@ -180,12 +205,31 @@ class Task:
         return model
 
     def generator_file(self, generator: str | Path | None = None) -> Path | None:
-        """The file holding the weights ``build_denoiser(generator)`` loads (None: built in code)."""
-        if generator is None:
-            return None
+        """The file holding the weights ``build_denoiser(generator)`` loads: ``generator``'s model file, or for
+        None the task's ``artifact_dir/generator.safetensors`` (None without an ``artifact_dir``: built in code).
+        FileNotFoundError / ValueError say what is missing."""
         from sepo_ray.models import model_file
 
-        return model_file(generator)
+        if generator is not None:
+            return model_file(generator)
+        if self.artifact_dir is None:
+            return None
+        path = Path(self.artifact_dir) / "generator.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; build it with: sepo-ray pretrain {self.name}")
+        return path
+
+    def check_files(self, generator: str | Path | None = None) -> None:
+        """Before any work starts: the files a run needs exist (the generator's weights). ValueError, one line."""
+        try:
+            path = self.generator_file(generator)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"task {self.name!r}: {str(e).splitlines()[0]}") from None
+        if path is None and generator is None and type(self).build_denoiser is Task.build_denoiser:
+            raise ValueError(
+                f"task {self.name!r} has no pretrained generator: set artifact_dir (holding generator.safetensors), "
+                "override build_denoiser, or give --set generator=PATH"
+            )
 
     @torch.no_grad()
     def sample(

@@ -33,21 +33,19 @@ are the same law; they differ for other noises. With exact scores c s_{l, v} = p
 
 Every step samples (z_next None) or scores a recorded transition, log P(z_next | z) = sum_l log P_l(z_next_l | z),
 differentiable w.r.t. the net (DDPO ``ddim_step_with_logprob``), as the masked family's `sampler.step`.
+
+Modules: `noise` (noise, forward process, reverse rates, step law), `sampler` (step, sample, score_path),
+`objectives` (DWDSE loss, ELBO, log-scores, `MaskedView`).
 """
 
 from ..sampler import Path, Sample, StepResult
-from .core import (
+from .noise import (
     METHODS,
     LogLinearNoise,
-    analytic_step,
-    euler_step,
     mask_id_of,
     q_sample,
     reverse_rate,
-    sample,
-    score_path,
     sigma_from_mask,
-    step,
     step_scale,
     transition_log_probs,
 )
@@ -58,6 +56,7 @@ from .objectives import (
     score_entropy,
     score_entropy_loss,
 )
+from .sampler import analytic_step, euler_step, sample, score_path, step
 
 __all__ = [
     "LogLinearNoise",

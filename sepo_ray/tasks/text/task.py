@@ -169,8 +169,8 @@ class TextTask(Task):
     artifact_dir = ARTIFACT_DIR
     # 4,096 other tokens per position: SNIS over J = 8 proposed ones (weight 4096 / 8 keeps the sum unbiased);
     # 8 prompts x 4 completions per iteration; T = 32.
-    # SEPO at every noise level with a light KL (README, "Language"): the t -> 0 objective's token-proposal
-    # weight 4,096 / J made its updates too noisy to improve the judge at this budget
+    # SEPO at every noise level with a light KL (docs/results.md, "Text: the default run"): the t -> 0
+    # objective's token-proposal weight 4,096 / J made its updates too noisy to improve the judge at this budget
     default_settings = {
         "objective": "sepo_t",
         "kl_alpha": 0.1,
@@ -179,7 +179,6 @@ class TextTask(Task):
         "group_size": 4,
     }
     default_iterations = 24  # 768 reward calls, about 7 minutes on 2 CPUs
-    oracles = {"text_sentiment": "sepo_ray.tasks.text.reward_model:SentimentReward"}
 
     @cached_property
     def vocab(self):

@@ -27,6 +27,7 @@ from .sequences import (
     encode,
     kmer_counts,
     kmer_frequencies,
+    random_reverse_complement,
     reverse_complement,
     validate_sequences,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "kmer_counts",
     "kmer_frequencies",
     "load_dhs",
+    "random_reverse_complement",
     "reverse_complement",
     "split_tensors",
     "validate_sequences",

@@ -102,6 +102,13 @@ def reverse_complement(x: Tensor) -> Tensor:
     return (NUM_TOKENS - 1 - x).flip(-1)
 
 
+def random_reverse_complement(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Each row replaced by its reverse complement w.p. 1/2 (one uniform per row from ``generator``): a
+    training augmentation (both strands of a DHS are the same element). x (B, L) -> (B, L)."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5  # (B,)
+    return torch.where(flip[:, None], reverse_complement(x), x)  # (B, L)
+
+
 def kmer_counts(x: Tensor | np.ndarray, k: int) -> np.ndarray:
     """Counts of every k-mer per sequence: tokens (N, L) -> int64 (N, 4**k), k-mer index in base 4 (A=0)."""
     arr = x.cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)

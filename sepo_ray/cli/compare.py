@@ -1,0 +1,160 @@
+"""``sepo-ray compare TASK --output DIR`` (the paper's Table 2 / Fig. 2: every method at one oracle budget, with
+the task's rows of real data) and ``sepo-ray frontier TASK --output DIR`` (the same at several budgets, after equal
+tuning): one experiment (:mod:`sepo_ray.experiment`) with two sets of defaults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sepo_ray.methods import COMPARE_METHODS, FRONTIER_METHODS, METHODS
+
+DEFAULTS = {
+    "compare": {"methods": COMPARE_METHODS, "budgets": None, "tune_trials": 0, "references": True},
+    "frontier": {
+        "methods": FRONTIER_METHODS,
+        "budgets": "512,1024,2048",
+        "tune_trials": 4,
+        "references": False,
+    },
+}
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise ValueError(f"{flag}: expected non-negative KL weights, got {text!r}")
+    return values
+
+
+def runnable(task, methods) -> list[str]:
+    """The default methods a task can run: SVDD does not condition on prompts, and a fine-tuning method whose
+    settings the task refuses (gradient flow re-masks a prompt) is left out, with a line saying so."""
+    from sepo_ray.methods import get_method
+    from sepo_ray.resolve import resolve_settings
+
+    kept = []
+    for name in methods:
+        method = get_method(name)
+        try:
+            if name == "svdd" and task.prompt_length:
+                raise ValueError("SVDD does not condition on prompts")
+            if method.trains:
+                resolve_settings(task, benchmark=True, method=method.settings)
+        except ValueError as e:
+            print(f"== leaving out {name} for task {task.name}: {e}", flush=True)
+            continue
+        kept.append(name)
+    return kept
+
+
+def parser(command: str) -> argparse.ArgumentParser:
+    d = DEFAULTS[command]
+    p = argparse.ArgumentParser(
+        prog=f"sepo-ray {command}", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
+    p.add_argument("task", nargs="?", default="dna", help="task name or module:TaskClass (default dna)")
+    p.add_argument("--output", type=Path, required=True, help="experiment folder (runs, rows, report)")
+    p.add_argument(
+        "--methods", default=",".join(d["methods"]), help=f"comma-separated subset of {list(METHODS)}"
+    )
+    p.add_argument("--budgets", default=d["budgets"],
+                   help="oracle calls per design batch (default: " + (d["budgets"] or "the task's `run` budget") + ")")  # fmt: skip
+    p.add_argument(
+        "--alphas", default=None, help="comma-separated KL weights: every fine-tuning method at each"
+    )
+    p.add_argument(
+        "--seeds", default="0,1,2", help="training seeds of fine-tuned rows, sampling seeds of others"
+    )
+    p.add_argument("--design-size", type=int, default=64, help="sequences per design batch (D)")
+    p.add_argument("--design-batches", type=int, default=10, help="design batches per seed and row")
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampling steps T (default: the runs' denoise_steps)"
+    )
+    p.add_argument("--elbo-steps", type=int, default=None, help="ELBO time draws (default: the task's)")
+    p.add_argument("--set", action="append", default=[], metavar="[ENTRY.]KEY=VALUE",
+                   help="setting for every fine-tuning run, or for one entry's (fixed: not tuned)")  # fmt: skip
+    p.add_argument("--configs", type=Path, default=None, help="JSON {entry: {key: value}} of chosen settings")
+    p.add_argument(
+        "--tune-trials", type=int, default=d["tune_trials"], help="Tune trials per entry (0: no tuning)"
+    )
+    p.add_argument("--tune-seed", type=int, default=0, help="search seed (the same for every entry)")
+    p.add_argument("--tune-calls", type=int, default=512, help="fine-tuning oracle calls per tuning trial")
+    p.add_argument(
+        "--tune-only", action="store_true", help="stop after tuning (DIR/tuning.json has the choices)"
+    )
+    p.add_argument("--tune-realism", type=float, default=None,
+                   help="held-out realism guard of tuning (default: the task's; 0: none)")  # fmt: skip
+    p.add_argument("--tune-samples", type=int, default=128, help="held-out samples per trial evaluation")
+    p.add_argument("--references", action=argparse.BooleanOptionalAction, default=d["references"],
+                   help="the task's rows of real data")  # fmt: skip
+    p.add_argument("--svdd-candidates", type=int, default=4, help="most SVDD candidates M per scored step")
+    p.add_argument(
+        "--svdd-temperature", type=float, default=0.0, help="SVDD selection temperature (0: argmax)"
+    )
+    p.add_argument("--score-metric", default=None, help="metric rows are ranked by (default: the task's)")
+    p.add_argument("--realism-metric", default=None, help="metric of the realism guard (default: the task's)")
+    p.add_argument(
+        "--realism-min", type=float, default=None, help="realism guard of the best row (default: task's)"
+    )
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray (default: all)")
+    return p
+
+
+def main(argv=None, command: str = "compare") -> int:
+    from sepo_ray.experiment import Tuning, prepare, run_experiment
+    from sepo_ray.tasks import get_task
+
+    p = parser(command)
+    args = p.parse_args(argv)
+    try:
+        task = get_task(args.task)
+        if args.budgets is None:  # the budget of the task's default run
+            from sepo_ray.resolve import resolve_settings
+
+            s = resolve_settings(task)
+            budgets = [int(task.default_iterations) * int(s["prompts_per_batch"]) * int(s["group_size"])]
+        else:
+            budgets = _ints(args.budgets, "--budgets")
+        if args.tune_only and not args.tune_trials:
+            raise ValueError("--tune-only needs --tune-trials >= 1")
+        realism_min = args.tune_realism if args.tune_realism is not None else task.heldout_realism_min
+        tuning = Tuning(
+            args.tune_trials, args.tune_seed, args.tune_calls, realism_min, args.tune_samples, args.num_cpus
+        )
+        if args.methods is None:
+            methods = runnable(task, DEFAULTS[command]["methods"])
+        else:
+            methods = [m for m in args.methods.split(",") if m]
+        exp = prepare(
+            args.task, args.output, methods, budgets, _ints(args.seeds, "--seeds"),
+            args.design_size, args.design_batches, args.steps, args.elbo_steps, args.set, args.configs,
+            _floats(args.alphas, "--alphas"), tuning, args.references, args.score_metric, args.realism_metric,
+            args.realism_min, args.svdd_candidates, args.svdd_temperature, args.num_cpus,
+        )  # fmt: skip
+        run_experiment(exp, tune_only=args.tune_only)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def compare_main(argv=None) -> int:
+    return main(argv, "compare")
+
+
+def frontier_main(argv=None) -> int:
+    return main(argv, "frontier")

@@ -1,0 +1,143 @@
+"""An experiment's report files from the content of ``comparison.json`` (pure but for the files written):
+``table.md`` (the table, mean ± standard error over seeds, and the best row per budget), ``frontier.png`` (score
+and realism against calls, several budgets) and ``reward_kl.png`` (held-out reward against the runs' final path
+KL, under ``--alphas``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from .plan import best_row
+
+
+def _label(scorer, key: str) -> str:
+    return scorer.metric_labels.get(key, key).replace(" ↑", "").replace(" ↓", "")
+
+
+def format_table(report: Mapping, scorer) -> str:
+    """table.md: what was run, the table (mean ± standard error over seeds), one sentence per budget."""
+    keys = list(scorer.metric_labels)
+    digits = getattr(scorer, "metric_digits", {}) or {}
+    score, realism, floor = report["score_metric"], report["realism_metric"], report["realism_min"]
+    one_seed = len(report["seeds"]) < 2  # no standard error from one seed: means only
+
+    def cell(m, d):
+        return f"{m['mean']:.{d}f}" if one_seed else f"{m['mean']:.{d}f} ± {m['se']:.{d}f}"
+
+    spread = "one seed: means only, no standard errors" if one_seed else "mean ± standard error over seeds"
+    if any("win_rate" in row["metrics"] for row in report["rows"]):
+        keys.append("win_rate")
+    labels = {**scorer.metric_labels, "win_rate": "win rate vs pretrained ↑"}
+    lines = [
+        f"Task {report['task']}: held-out metrics against the oracle calls spent per design batch of "
+        f"{report['design_size']} sequences (fine-tuning plus selection). {report['design_batches']} design "
+        f"batches per seed, seeds {report['seeds']} (training seeds of fine-tuned rows, sampling seeds of the "
+        f"others), T = {report['steps']}; {spread}.",
+        "",
+        "| row | calls | " + " | ".join(labels[k] for k in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for row in [*report["rows"], *report["references"]]:
+        cells = []
+        for k in keys:
+            m, d = row["metrics"].get(k), digits.get(k, 3)
+            cells.append(cell(m, d) if m is not None and m["mean"] == m["mean"] else "—")
+        calls = "" if row["budget_calls"] is None else str(row["budget_calls"])
+        lines.append(f"| {row['name']} | {calls} | " + " | ".join(cells) + " |")
+    lines.append("")
+    guard = f" among rows with {_label(scorer, realism)} >= {floor:g}" if realism else ""
+    for budget in report["budgets"]:
+        rows = [r for r in report["rows"] if r["budget_calls"] == budget]
+        best = best_row(rows, score, realism, floor)
+        if best is None:
+            lines.append(f"At {budget} calls no row keeps {_label(scorer, realism)} >= {floor:g}.")
+        else:
+            m = best["metrics"][score]
+            lines.append(
+                f"At {budget} calls the best row by {_label(scorer, score)}{guard} is {best['entry']} "
+                f"({cell(m, 3)})."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_frontier(report: Mapping, scorer, path: Path) -> Path:
+    """Score (and realism) against calls, log x, standard-error bars; the pretrained row as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    keys = [report["score_metric"]] + ([report["realism_metric"]] if report["realism_metric"] else [])
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    entries = list(dict.fromkeys(r["entry"] for r in report["rows"]))
+    for ax, key in zip(axes[0], keys):
+        for method in entries:
+            rows = sorted(
+                (r for r in report["rows"] if r["entry"] == method), key=lambda r: r["budget_calls"]
+            )
+            if method == "pretrained" or not rows:
+                for r in rows:
+                    ax.axhline(
+                        r["metrics"][key]["mean"], color="0.4", ls="--", lw=1, label="pretrained (0 calls)"
+                    )
+                continue
+            x = [r["budget_calls"] for r in rows]
+            y = [r["metrics"][key]["mean"] for r in rows]
+            e = [r["metrics"][key]["se"] for r in rows]
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+        if key == report["realism_metric"]:
+            ax.axhline(
+                report["realism_min"], color="tab:red", ls=":", lw=1, label=f"guard {report['realism_min']:g}"
+            )
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xlabel(f"oracle calls per design batch of {report['design_size']}")
+        ax.set_ylabel(scorer.metric_labels.get(key, key))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_reward_kl(report: Mapping, scorer, path: Path) -> Path:
+    """The reward-vs-KL frontier (as the DPO paper's IMDb figure): each fine-tuned row's held-out metric (mean over
+    seeds, bar: standard error) against its runs' final path KL; rows of one method at several KL weights joined
+    in order of KL; the pretrained row at KL 0. One panel for the scorer's first metric and one for its
+    ``score_metric`` when that is another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in dict.fromkeys([next(iter(scorer.metric_labels)), report["score_metric"]]) if k]
+    rows = [r for r in report["rows"] if r.get("kl") is not None]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+    families: dict[str, list[dict]] = {}
+    for r in rows:
+        families.setdefault(r["method"], []).append(r)
+    for ax, key in zip(axes[0], keys):
+        for family, members in families.items():
+            members = sorted(members, key=lambda r: r["kl"])
+            xs, ys = [r["kl"] for r in members], [r["metrics"][key]["mean"] for r in members]
+            ax.errorbar(
+                xs, ys, yerr=[r["metrics"][key]["se"] for r in members], marker="o", capsize=3, label=family
+            )
+            for r, x, y in zip(members, xs, ys):
+                if "kl_alpha" in r.get("config", {}):
+                    ax.annotate(f"α {r['config']['kl_alpha']:g}", (x, y), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")  # fmt: skip
+        for r in report["rows"]:
+            if r["method"] == "pretrained":
+                ax.plot([0.0], [r["metrics"][key]["mean"]], "k*", markersize=11, label="pretrained")
+        ax.set_xlabel("path KL to the pretrained model (nats / sequence)")
+        ax.set_ylabel(scorer.metric_labels.get(key, key))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -1,0 +1,120 @@
+"""Equal tuning: the same Ray Tune search (``sepo_ray.sweeps``) over each fine-tuning entry's tunable fields
+(:attr:`sepo_ray.methods.Method.tunable`), on the oracle-call clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+#: the tuning's clock: sequences sampled, one fine-tuning-oracle call each (the frontier's cost axis)
+TUNE_CLOCK = "num_env_steps_sampled_lifetime"
+
+
+def tuning_sweep(
+    task, entry, fixed: Mapping, searched: Sequence[str], trials: int, seed: int, max_calls: int,
+    realism_min: float, heldout_samples: int, num_cpus: int | None,
+):  # fmt: skip
+    """The same Ray Tune search for every method (a :class:`~sepo_ray.sweeps.SweepSpec`): ``searched`` fields
+    log-uniform in the method's ``tunable`` ranges, ``trials`` samples with search seed ``seed``, ASHA on the oracle calls a
+    trial has spent up to ``max_calls`` (rungs at a quarter and a half), best by the held-out score among trials
+    whose held-out realism stays >= ``realism_min`` (0: no guard); ``entry`` (:class:`~.plan.Entry`). Calls, not seconds: the frontier's axis, and
+    a clock that neither machine load nor a method's cost per call (trajectory re-scores T steps) changes."""
+    from sepo_ray.sweeps import parse_sweep_spec
+
+    base = {
+        **task.benchmark_reward_pin(),
+        **fixed,
+        **entry.settings,
+        "task": task.spec or task.name,
+        "heldout_eval_interval": 2,
+        "heldout_samples": heldout_samples,
+        "num_env_runners": 0,
+        "num_learners": 0,
+        "seed": 0,
+    }
+    base = {k: v for k, v in base.items() if k not in searched}
+    concurrent = max(1, min(2, num_cpus or 2))
+    raw = {
+        "name": f"tune_{entry.name}",
+        "description": f"equal tuning of {entry.name}",
+        "select_min": {"sepo/heldout_realism": realism_min} if realism_min > 0 else {},
+        "scheduler": {"type": "asha", "time_attr": TUNE_CLOCK, "max_t": max_calls,
+                      "grace_period": max_calls / 4, "reduction_factor": 2, "brackets": 1},
+        "num_samples": trials,
+        "max_concurrent_trials": concurrent,
+        "search_seed": seed,
+        "resources": {"num_cpus": num_cpus} if num_cpus else {},
+        "checkpoint": {"frequency": 0, "num_to_keep": 1, "at_end": True},
+        "max_failures": 1,
+        "base_config": base,
+        "search_space": {f: {"loguniform": list(entry.method.tunable[f])} for f in searched},
+    }  # fmt: skip
+    return parse_sweep_spec(raw)
+
+
+def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, chosen: dict, tuning) -> dict:
+    """Each entry's chosen values of its tunable fields ({entry: {"config", "source", ...}}), tuned with the same
+    search where not fixed (``tuning``: trials, search_seed, calls, realism_min, samples, num_cpus); reuses
+    DIR/tuning.json entries of the same search, writes it back."""
+    from sepo_ray.runtime import write_json
+    from sepo_ray.sweeps import SweepError, run_sweep
+
+    path = out / "tuning.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    result = {}
+    for entry in entries:
+        method = entry.name
+        fixed = {**common, **chosen.get(method, {}), **own.get(method, {})}
+        searched = [f for f in entry.method.tunable if f not in fixed and f not in entry.settings]
+        search = {
+            "trials": tuning.trials, "search_seed": tuning.search_seed, "max_calls": tuning.calls,
+            "realism_min": tuning.realism_min, "space": {f: list(entry.method.tunable[f]) for f in searched},
+            "heldout_samples": tuning.samples,
+            "fixed": dict(fixed),
+        }  # fmt: skip
+        if not searched or tuning.trials == 0:
+            result[method] = {
+                "config": {},
+                "source": "fixed" if searched == [] else "defaults",
+                "search": None,
+            }
+            continue
+        previous = saved.get(method)
+        if previous is not None and previous.get("search") == search:
+            print(f"== tuning {method}: reusing {path} (same search)", flush=True)
+            result[method] = previous
+            continue
+        sweep_dir = out / "tuning" / method
+        spec = tuning_sweep(
+            task, entry, fixed, searched, tuning.trials, tuning.search_seed, tuning.calls, tuning.realism_min,
+            tuning.samples, tuning.num_cpus,
+        )  # fmt: skip
+        report_path = sweep_dir / "sweep.json"
+        if sweep_dir.exists() and previous is not None:  # a finished sweep of another search stays
+            raise SweepError(
+                f"{sweep_dir} holds a tuning sweep of another search ({previous.get('search')}); use another "
+                "--output or move it aside"
+            )
+        print(f"== tuning {method}: {spec.describe()}", flush=True)
+        from ray import tune
+
+        resume = tune.Tuner.can_restore(str((sweep_dir / spec.name).resolve()))
+        report = run_sweep(spec, sweep_dir, resume=resume, verbose=1)
+        best = report.get("best")
+        entry = {"search": search, "sweep": report_path.relative_to(out).as_posix()}
+        if best is None:
+            print(f"== tuning {method}: no trial qualified; the defaults stay", flush=True)
+            entry.update(config={}, source="defaults (no trial met the guard)")
+        else:
+            entry.update(
+                config={f: best["config"][f] for f in searched},
+                source="tune",
+                trial=best["trial_id"],
+                selected_by=best["selected_by"],
+                value=best["value"],
+            )
+        result[method] = entry
+        saved[method] = entry
+        write_json(path, saved)
+    return result
