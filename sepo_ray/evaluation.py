@@ -48,12 +48,16 @@ def nonfinite_weights(model: nn.Module) -> tuple[str, int] | None:
 
 
 def load_generator(task: Task, path_or_name: str | Path = "pretrained", device="cpu") -> nn.Module:
-    """The generator behind an evaluation row: ``"pretrained"`` (the task's own) or a weights file/folder.
+    """The generator behind an evaluation row: ``"pretrained"`` (the task's own), a run folder (its final
+    checkpoint's generator), an exported model folder or a weights file.
 
     Raises ValueError naming the file and the first non-finite parameter when any weight is NaN/inf: such a
     generator samples garbage (or crashes the sampler), and its numbers would be meaningless.
     """
-    source = None if str(path_or_name) == "pretrained" else path_or_name
+    from sepo_ray.rundir import generator_source
+
+    source = generator_source(path_or_name)
+    source = None if source == "pretrained" else source
     model = task.build_denoiser(source, device=device)
     bad = nonfinite_weights(model)
     if bad is not None:
@@ -134,7 +138,8 @@ def evaluate_rows(
     scores).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from sepo_ray.progress import progress as progress_bar
 
     if not rows:
         raise ValueError("rows must name at least one row")
@@ -145,20 +150,18 @@ def evaluate_rows(
     prompted = bool(task.prompt_length)
     pass_prompts = prompted and "prompts" in inspect.signature(scorer.scores).parameters
     calls_per_sample = -(-num_samples // batch_size)  # sampler batches per row and seed
-    outer = tqdm(total=len(rows) * len(seeds), desc="evaluate", unit="set", disable=not progress)
+    outer = progress_bar(len(rows) * len(seeds), "evaluate", unit="set", disable=not progress, leave=True)
     per_row: dict[str, list[dict]] = {}
     frames = []
     for name, spec in rows.items():
         per_row[name] = []
         for seed in seeds:
             outer.set_postfix_str(f"{name} seed {seed}")
-            inner = tqdm(
-                total=steps * calls_per_sample,
-                desc=f"sampling {name} seed {seed}",
-                unit="step",
-                leave=False,
-                position=1,
+            inner = progress_bar(
+                steps * calls_per_sample,
+                f"sampling {name} seed {seed}",
                 disable=not progress or not isinstance(spec, nn.Module),
+                position=1,
             )
 
             def tick(done: int, total: int, inner=inner) -> None:

@@ -128,12 +128,16 @@ def why_invalid(name: str, value: Any) -> str | None:
 
 
 def _checked(values: Mapping[str, Any], label: Callable[[str], str]) -> dict[str, Any]:
+    """``values`` when every one may be given; ValueError ``"<label>=<value>: <why>"`` (a flag's label, e.g.
+    ``--seed -1``, already holds its value) for the first that may not."""
     for name, value in values.items():
+        where = label(name)
+        where = where if where.startswith("--") and not where.startswith("--set") else f"{where}={value!r}"
         if name == "task":
             raise ValueError(f"{label(name)}=...: the task is the command's first argument, not a setting")
         why = why_invalid(name, value)
         if why is not None:
-            raise ValueError(f"{label(name)}={value!r}: {why}")
+            raise ValueError(f"{where}: {why}")
     return dict(values)
 
 
@@ -217,6 +221,16 @@ def _resumed(task, recorded, recorded_sources, cli, label) -> tuple[dict, dict]:
     return values, sources
 
 
+def generator_spec(values: Any) -> str | None:
+    """The generator ``Task.build_denoiser`` loads for a run's values (a mapping or a config): ``generator``, with
+    ``#ema`` appended when ``generator_weights`` asks for a checkpoint's EMA copy; None: the task's own."""
+    get = values.get if isinstance(values, Mapping) else lambda k, d=None: getattr(values, k, d)
+    generator = get("generator")
+    if generator is None:
+        return None
+    return f"{generator}#ema" if get("generator_weights", "model") == "ema" else str(generator)
+
+
 def changed_on_resume(settings: Settings) -> dict[str, Any]:
     """The resumable settings a resume changed (recorded in the run's history of resumes)."""
     return {n: settings[n] for n, s in settings.sources.items() if s == "--set (on resume)"}
@@ -230,6 +244,10 @@ def check_rules(values: Mapping[str, Any], task, where: Callable[[str], str]) ->
         raise ValueError(f"{where(field)}: {why}")
 
     v = values
+    if v.get("generator_weights", "model") == "ema" and not str(v["generator"] or "").endswith(".ckpt"):
+        bad(
+            "generator_weights", "takes the EMA copy of a training checkpoint: name a .ckpt file as generator"
+        )
     if v["kl_steps"] > v["denoise_steps"]:
         bad(
             "kl_steps",

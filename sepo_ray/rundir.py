@@ -102,6 +102,21 @@ def checkpoint_path(run_dir: str | Path, entry: str) -> Path:
     return path if path.is_absolute() else Path(run_dir) / path
 
 
+def generator_source(source: str | Path) -> str | Path:
+    """What a ``--model`` names, as ``Task.build_denoiser`` takes it: ``"pretrained"``; a run folder (the generator
+    of its final checkpoint); an exported model folder or a generator file (as they are). ValueError for a run
+    folder without a checkpoint yet."""
+    if str(source) == "pretrained":
+        return "pretrained"
+    path = Path(source)
+    record = read_record(path) if path.is_dir() else None
+    if record is None:
+        return path
+    if not record.get("final_checkpoint"):
+        raise ValueError(f"{path} holds a run without a checkpoint yet")
+    return checkpoint_path(path, record["final_checkpoint"]) / "generator.safetensors"
+
+
 def calls_spent(record: dict, iteration: int | None = None) -> int:
     """Reward-oracle calls a run spent (by ``iteration``): iterations done x sequences per iteration."""
     values, _ = recorded_settings(record)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sepo_ray.yamlio import yaml_load
+from sepo_ray.yamlio import parse_overrides, parse_value  # noqa: F401 - the --set parsers, here as before
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,13 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "str",
             "generator weights (file or folder); None = the task's pretrained one",
             nullable=True,
+        ),
+        _s(
+            "generator_weights",
+            "model",
+            "str",
+            "a training checkpoint (.ckpt) named by generator: load its model weights or its EMA copy",
+            choices=("model", "ema"),
         ),
         _s(
             "reward",
@@ -240,6 +247,16 @@ SEPO_SETTINGS: dict[str, Setting] = {
             low=1,
         ),
         _s(
+            "trajectory_steps",
+            None,
+            "int",
+            "objective 'trajectory': sampler steps of each path re-scored per epoch, a uniform subset reweighted P/k "
+            "(unbiased for the sum over the path; DDPO's timestep fraction); None = every step",
+            "steps",
+            low=1,
+            nullable=True,
+        ),
+        _s(
             "oracle_actors",
             1,
             "int",
@@ -354,30 +371,3 @@ def check_all(values: Mapping[str, Any], where: str = "") -> None:
 def defaults() -> dict[str, Any]:
     """Every setting's default, by name."""
     return {name: s.default for name, s in SETTINGS.items()}
-
-
-# ------------------------------------------------------------------------------------------------- parsing
-def parse_value(text: str) -> Any:
-    """A ``--set`` value as a YAML scalar: ``3e-4`` -> 0.0003, ``nan`` -> nan, ``null`` -> None, ``true`` -> True,
-    ``a`` -> "a"."""
-    value = yaml_load(text) if text.strip() else ""
-    if isinstance(value, str):  # "nan", "inf", "-inf" as a user types them
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["lr=3e-5", "kl_alpha=0.1"]`` -> ``{"lr": 3e-05, "kl_alpha": 0.1}``; ValueError names a bad item."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        if not value.strip():
-            raise ValueError(f"--set {item!r}: {key} needs a value (KEY=VALUE)")
-        out[key] = parse_value(value)
-    return out

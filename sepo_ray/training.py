@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from sepo_ray.resolve import Settings, changed_on_resume, resolve_settings
+from sepo_ray.curves import CurveWriter, history_row, plot_curves
+from sepo_ray.progress import eta_text
+from sepo_ray.resolve import Settings, changed_on_resume, generator_spec, resolve_settings
 from sepo_ray.rundir import (
     RECORD,
     check_output,
@@ -26,6 +28,9 @@ from sepo_ray.rundir import (
     restore_last_good,
     save_checkpoint,
 )
+
+#: sampling seed of the before/after evaluation (the same samples for every run of a task)
+EVAL_SEED = 1234
 
 
 class DivergedError(RuntimeError):
@@ -58,7 +63,7 @@ def run_settings(
     else:
         settings = resolve_settings(task, cli=cli, cli_flags=cli_flags, **layers)
     check_reward_spec(settings["reward"])
-    task.check_files(settings["generator"])
+    task.check_files(generator_spec(settings.values))
     return settings, previous
 
 
@@ -66,13 +71,13 @@ def evaluate_model(model, task, num_samples: int, settings: Settings, user_rewar
     """The task's evaluation table of ``num_samples`` fresh samples (seed 1234), plus ``user_reward_mean`` /
     ``user_reward_median`` for a reward the user named; every reward call obeys ``reward_timeout_s``."""
     import torch
-    from tqdm.auto import tqdm
 
     from sepo_ray.oracles.pool import resolve_reward
+    from sepo_ray.progress import progress
 
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator().manual_seed(EVAL_SEED)
     steps = int(settings["denoise_steps"])
-    with tqdm(total=steps * -(-num_samples // 128), desc="sampling", unit="step", leave=False) as bar:
+    with progress(steps * -(-num_samples // 128), "sampling") as bar:
         seqs = task.sample(
             model,
             num_samples,
@@ -94,20 +99,6 @@ def print_table(before: dict, after: dict) -> None:
     for k in (k for k in before if k in after):
         b, a = before[k], after[k]
         print(f"{k:<24}{b:>12.4f}{a:>12.4f}{a - b:>+12.4f}")
-
-
-def history_row(result: dict, iteration: int, seconds: float) -> dict:
-    """One line of a run's history from an iteration's result: rewards, KL, clip fraction, time, and the
-    held-out scores and the critic's fit when present."""
-    sepo_res = result.get("sepo", {})
-    row = {"iteration": int(iteration)}
-    for key in ("reward_mean", "reward_median", "kl", "clip_frac"):
-        row[key] = float(sepo_res.get(key, np.nan))
-    row["time_s"] = round(seconds, 3)
-    for key, value in sepo_res.items():
-        if key.startswith(("heldout_", "critic_")):
-            row[key] = float(value)
-    return row
 
 
 def train(
@@ -152,7 +143,7 @@ def train(
         "checkpoints": [],
         "final_checkpoint": None,
     }
-    algo = None
+    algo, curves, durations = None, None, []
     try:
         algo = config.build_algo()
         if previous is not None:
@@ -168,6 +159,8 @@ def train(
             if changed:
                 print(f"settings changed on resume (recorded in {RECORD}): {changed}", flush=True)
         if evaluate and "before" not in record:
+            record["evaluation"] = {"samples": eval_samples, "sampling_seed": EVAL_SEED,
+                                    "steps": int(settings["denoise_steps"])}  # fmt: skip
             print(f"before: the pretrained generator: metrics of {eval_samples} samples ...", flush=True)
             record["before"] = evaluate_model(
                 algo.current_denoiser(), task, eval_samples, settings, user_reward
@@ -188,7 +181,10 @@ def train(
                 ) from None
             row = history_row(result, algo.iteration, time.time() - t0)
             record["history"].append(row)
-            _print_row(row, iterations)
+            durations.append(row["time_s"])
+            _print_row(row, iterations, config.batch_sequences, sum(durations) / len(durations))
+            curves = curves or CurveWriter(out)  # TensorBoard: `tensorboard --logdir` on the run folder
+            curves.log(row)
             if algo.iteration % config.checkpoint_frequency == 0 or algo.iteration == iterations:
                 record["checkpoints"].append(save_checkpoint(algo, out))
                 record["final_checkpoint"] = record["checkpoints"][-1]
@@ -207,19 +203,29 @@ def train(
             write_json(result_path, record)
         raise
     finally:
+        if curves is not None:
+            curves.close()
+        if record["history"] and out.is_dir():
+            plot_curves(record["history"], out / "curves.png", f"{task.name}: {out.name}")
         if algo is not None:
             algo.stop()
     return record
 
 
-def _print_row(row: dict, iterations: int) -> None:
+def _print_row(row: dict, iterations: int, batch: int, mean_s: float) -> None:
+    """One progress line per iteration: rewards, KL, clip fraction, the oracle calls spent of the run's budget, its
+    time and the time left (mean iteration time of this process x iterations left)."""
     heldout = ", ".join(
         f"{k.removeprefix('heldout_')} {v:.3f}" for k, v in row.items() if k.startswith("heldout_")
     )
+    calls = row.get("oracle_calls", row["iteration"] * batch)
+    left = iterations - row["iteration"]
     print(
-        f"iter {row['iteration']:>3}/{iterations} | reward mean {row['reward_mean']:.4f} "
-        f"median {row['reward_median']:.4f} | kl {row['kl']:.4f} | clip {row['clip_frac']:.3f} | "
-        f"{row['time_s']:.1f} s" + (f" | held-out {heldout}" if heldout else ""),
+        f"iter {row['iteration']:>3}/{iterations} | calls {calls}/{iterations * batch} | reward mean "
+        f"{row['reward_mean']:.4f} median {row['reward_median']:.4f} | kl {row['kl']:.4f} | clip "
+        f"{row['clip_frac']:.3f} | {row['time_s']:.1f} s"
+        + (f" | held-out {heldout}" if heldout else "")
+        + (f" | ETA {eta_text(left * mean_s)}" if left else ""),
         flush=True,
     )
 

@@ -1,5 +1,6 @@
 """YAML as a user writes it: ``1e-3`` is a float (YAML 1.1 wants ``1.0e-3``), ``nan``/``inf`` are numbers, and a
-duplicate key is an error instead of a silent overwrite. Used by ``--set`` values and sweep files."""
+duplicate key is an error instead of a silent overwrite. Used by sweep files and by ``--set KEY=VALUE`` items
+(:func:`parse_overrides`)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,29 @@ YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _cons
 def yaml_load(text: str) -> Any:
     """YAML with floats as a user writes them (``1e-3``, ``nan``, ``inf``) and no duplicate keys."""
     return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as a YAML scalar: ``3e-4`` -> 0.0003, ``nan`` -> nan, ``null`` -> None, ``true`` -> True,
+    ``a`` -> "a"."""
+    value = yaml_load(text) if text.strip() else ""
+    if isinstance(value, str):  # "nan", "inf", "-inf" as a user types them
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=3e-5", "kl_alpha=0.1"]`` -> ``{"lr": 3e-05, "kl_alpha": 0.1}``; ValueError names a bad item."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        if not value.strip():
+            raise ValueError(f"--set {item!r}: {key} needs a value (KEY=VALUE)")
+        out[key] = parse_value(value)
+    return out

@@ -46,7 +46,26 @@ def test_registry_holds_every_entry():
         "ray_overhead",
         "rollout_scaling",
         "gpu_throughput",
+        "iteration",
     ]
+
+
+@pytest.mark.slow
+def test_iteration_split_adds_up_and_names_where_the_time_goes(ray_session):
+    import argparse
+
+    from sepo_ray.benchmarks.iteration import iteration_split
+
+    out = iteration_split(argparse.Namespace(quick=True, settings={"trajectory_steps": 2}))
+    parts = ("sampling_s", "reward_s", "learner_forward_s", "learner_backward_s", "learner_step_s",
+             "learner_other_s", "broadcast_s", "evaluation_s", "other_s")  # fmt: skip
+    (row,) = out["iterations"]
+    assert sum(row[k] for k in parts) == pytest.approx(row["iteration_s"], abs=2e-3)
+    assert all(row[k] >= 0 for k in parts if k != "other_s") and row["learner_forward_s"] > 0
+    assert row["iteration_over_sampling"] == pytest.approx(
+        row["iteration_s"] / (row["sampling_s"] + row["reward_s"]), rel=1e-2
+    )
+    assert out["settings"]["objective"] == "trajectory" and out["settings"]["trajectory_steps"] == 2
 
 
 def test_unknown_name_lists_the_valid_ones():

@@ -108,7 +108,9 @@ def test_the_before_and_after_evaluation_obeys_the_reward_timeout(ray_session, t
     rc = main(["toy", "--output", str(tmp_path / "r"), "--reward", SLEEPY, "--set", "reward_timeout_s=0.5",
                "--set", "oracle_actors=0", "--eval-samples", "8"])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 3 and time.monotonic() - t0 < 20  # the reward sleeps 20 s: the timeout, not the reward, ended it
+    assert (
+        rc == 3 and time.monotonic() - t0 < 20
+    )  # the reward sleeps 20 s: the timeout, not the reward, ended it
     assert re.search(NO_ANSWER, err), err
     assert not (tmp_path / "r").exists()  # nothing to resume: no run folder left
 

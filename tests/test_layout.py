@@ -112,7 +112,7 @@ def test_the_import_graph_is_a_tree_of_modules_and_of_packages():
 
 def test_library_code_never_imports_a_command_line_module():
     commands = {"sepo_ray.cli", "sepo_ray.run", "sepo_ray.evaluate", "sepo_ray.compare", "sepo_ray.frontier",
-                "sepo_ray.sweep", "sepo_ray.bench", "sepo_ray.pretrain"}  # fmt: skip
+                "sepo_ray.sweep", "sepo_ray.bench", "sepo_ray.pretrain", "sepo_ray.design", "sepo_ray.export"}  # fmt: skip
     graph = _import_graph()
     library = {m for m in graph if not any(m == c or m.startswith(c + ".") for c in commands)}
     bad = {
@@ -148,11 +148,11 @@ def test_one_command_lists_every_subcommand_and_python_m_still_works():
     assert exe, "the sepo-ray console script is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for command in ("run", "evaluate", "compare", "frontier", "sweep", "bench", "pretrain"):
+    for command in ("run", "evaluate", "compare", "frontier", "sweep", "bench", "pretrain", "design", "export"):
         assert re.search(rf"^\s+{command}\s", out.stdout, re.M), out.stdout
     bad = subprocess.run([exe, "trian"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown command 'trian'" in bad.stderr
-    for command in ("run", "evaluate", "compare", "frontier", "sweep", "bench", "pretrain"):
+    for command in ("run", "evaluate", "compare", "frontier", "sweep", "bench", "pretrain", "design", "export"):
         via_m = subprocess.run([sys.executable, "-m", f"sepo_ray.{command}", "--help"], capture_output=True,
                                text=True, timeout=120, cwd=ROOT)  # fmt: skip
         assert via_m.returncode == 0 and f"sepo-ray {command}" in via_m.stdout + via_m.stderr, command

@@ -95,6 +95,8 @@ def test_output_mistakes_are_found_before_ray_starts(tmp_path, capsys, monkeypat
     assert f"--output {tmp_path / 'ro' / 'r'}: {tmp_path / 'ro'} is not writable" in capsys.readouterr().err
     monkeypatch.undo()
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started before the output was checked"))
+    assert run(tmp_path / "r", "--seed", "-1") == 2
+    assert "--seed -1: must be >= 0" in capsys.readouterr().err
     for flag in ("--eval-samples", "--num-cpus", "--iterations"):
         with pytest.raises(SystemExit) as exit_:
             run(tmp_path / "r", flag, "0")

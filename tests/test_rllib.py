@@ -182,6 +182,9 @@ def test_rollout_worker_killed_mid_run(ray_session):
         algo.stop()
 
 
+SMALL_RUN = ["--set", "prompts_per_batch=2", "--set", "group_size=4", "--set", "denoise_steps=4"]
+
+
 def run_main(tmp_path, *extra):
     from sepo_ray.cli.run import main
 
@@ -220,6 +223,8 @@ def test_bad_reward_gives_clear_error_and_keeps_checkpoint(ray_session, tmp_path
     assert rc == 3
     assert reward in err and message in err, err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing to resume: no run folder left
+    # so the corrected command runs there at once (a failed start is not "a run already")
+    assert run_main(tmp_path, "--iterations", "1", "--no-eval", *SMALL_RUN) == 0
 
 
 def test_reward_failing_later_keeps_last_checkpoint(ray_session, tmp_path, capsys):

@@ -552,6 +552,16 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
         if real["last"] is not None:
             assert -1.0 <= real["last"] <= 1.0
     assert any(t["metrics"]["sepo/heldout_realism"]["num_reports"] for t in report["trials"])
+    # every trial writes the curves a run writes: the same tags against the oracle calls spent
+    from tests.test_curves import read_scalars
+
+    folders = sorted((tmp_path / "out" / "cpu_tiny").glob("*/curves"))
+    assert len(folders) == 4
+    scalars = read_scalars(folders[0])
+    assert {"sepo/reward_mean", "sepo/kl", "calls/oracle_calls"} <= set(scalars)
+    assert [step for step, _ in scalars["calls/oracle_calls"]] == [
+        v for _, v in scalars["calls/oracle_calls"]
+    ]
 
 
 def test_values_sepo_config_refuses_stop_the_sweep_before_it_starts(tmp_path):

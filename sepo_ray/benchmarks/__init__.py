@@ -19,6 +19,8 @@ module each:
 - ``ray_overhead`` (:mod:`.ray_bench`): rollout throughput through an EnvRunner + the reward-oracle actor /
   the same module and reward in-process; ``rollout_scaling``: throughput of 2 EnvRunners / (2 x one), the
   same Ray session;
+- ``iteration`` (:mod:`.iteration`): where one iteration of the default ``run dna`` spends its time (sampling,
+  reward calls, learner forward / backward / step, broadcast, evaluation, other) and ``iteration_over_sampling``;
 - ``gpu_throughput`` (:mod:`.gpu`): sequences/s of the DRAKES-size generator (hidden 128, 4 stacks, T = 128,
   the default task's L) at the best batch, fp32 / tf32 / bf16 (``{"skipped": "no GPU"}`` without one).
 
@@ -53,6 +55,7 @@ from .sampler import sampler_overhead_row  # isort: skip
 from .learner import UpdateSettings, count_formulas, learner_comparison  # isort: skip
 from .ray_bench import ray_rollout_measurements  # isort: skip
 from .gpu import GPU_MODES, gpu_throughput_run  # isort: skip
+from .iteration import iteration_split  # isort: skip
 
 __all__ = [
     "BENCHMARKS",
@@ -72,6 +75,7 @@ __all__ = [
     "flat_grad",
     "gpu_throughput_run",
     "is_quick",
+    "iteration_split",
     "learner_comparison",
     "machine_info",
     "make_fidelity_toy",

@@ -15,6 +15,14 @@ COMMANDS = {
     "sweep": ("sepo_ray.cli.sweep", "a Ray Tune sweep described in YAML"),
     "bench": ("sepo_ray.cli.bench", "benchmarks, printed as JSON"),
     "pretrain": ("sepo_ray.cli.pretrain", "(re)build a task's pretrained artifacts"),
+    "design": (
+        "sepo_ray.cli.design",
+        "designs to order: generated, scored, constrained, ranked (FASTA, Parquet)",
+    ),
+    "export": (
+        "sepo_ray.cli.export",
+        "a run's generator as a self-describing model folder with a model card",
+    ),
 }
 
 

@@ -12,6 +12,7 @@ import torch
 
 from sepo_ray.benchmarks import BENCHMARKS, QUICK_ENV, machine_info
 from sepo_ray.runtime import jsonable, write_json
+from sepo_ray.settings import parse_overrides
 
 
 def run_benchmarks(argv: list[str] | None = None) -> dict:
@@ -23,7 +24,10 @@ def run_benchmarks(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--quick", action="store_true", help=f"tiny sizes: a smoke run of every entry (or {QUICK_ENV}=1)"
     )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the benchmarks that run SEPO (iteration), repeatable")  # fmt: skip
     args = parser.parse_args(argv)
+    args.settings = parse_overrides(args.set)
     names = list(BENCHMARKS) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

@@ -8,15 +8,31 @@ for its MDLM backbone (paper App. E.2: "the CNN architecture from Stark et al. (
     logits = Conv1d_1(relu(Conv1d_1(h_5S)))[:, :m]                  (B, L, m)
 
 with S = ``num_cnn_stacks`` and dilations d = (1,)*S + (1,)*S + (4,)*S + (16,)*S + (64,)*S (each of the five
-base layers is repeated S times in a row, exactly as the reference builds its ``ModuleList``). c_i is a per-layer
-constant from the time embedding at t = 0 when ``time_embedding=True`` (MDLM with ``time_conditioning=False``
-feeds sigma = 0 to the backbone); with ``time_embedding=False`` (our default) c_i = 0 and those parameters do not
+base layers is repeated S times in a row, exactly as the reference builds its ``ModuleList``). With
+``time_embedding=True`` c_i = Dense_i(relu(Linear(Fourier(sigma)))) is a per-layer offset from the time
+embedding at the noise level sigma the backbone is given (the reference ``CNNModel.forward(seq, t)``, which MDLM
+calls as ``backbone(x, sigma)``); with ``time_embedding=False`` (our default) c_i = 0 and those parameters do not
 exist. The last layer has m + 1 outputs like the reference (the MASK logit is never used: MDLM's "subs"
 parameterisation sets it to -inf), and :meth:`ConvDenoiser.forward` returns the m clean-token logits only.
 
+Which sigma. MDLM's ``_process_sigma`` feeds sigma = 0 when ``time_conditioning=False`` (DRAKES' released config),
+so ``time_conditioning=False`` (default) evaluates the embedding at 0, a constant. A checkpoint trained with
+``time_conditioning=True`` saw the log-linear noise level sigma(t) = -log(1 - (1 - eps) t) of its input, but the
+engine calls ``model(z)`` without t. The model then infers sigma from z (:func:`noise_level_from_mask`): under
+MDLM's forward process each position is masked independently with probability 1 - alpha_t = 1 - exp(-sigma),
+so the fraction f of masked positions in a row estimates 1 - alpha_t, and
+
+    sigma_hat(z) = -log(max(1 - f, eps))          per row, eps = the log-linear schedule's (1e-3)
+
+clamped as MDLM's schedule bounds it (alpha_t >= eps, i.e. sigma <= sigma(1) = -log eps; a fully masked row
+gets sigma(1), a clean row sigma 0). It is the level at which z's masked fraction is typical, the input
+distribution the network was trained on (SEDD's ``MaskedView`` queries its score net the same way,
+``diffusion.score_entropy.sigma_from_mask``). For L = 200 the estimate's spread is small (sd of f <= 0.035).
+
 State-dict names match the DRAKES ``pretrained.ckpt`` backbone (``linear.*``, ``time_embedder.*``,
 ``time_layers.{i}.dense.*``, ``convs.{i}.*``, ``norms.{i}.*``, ``final_conv.{0,2}.*``), so the DNA task loads
-those weights unchanged (hidden 128, 4 stacks, time embedding on).
+those weights unchanged (hidden 128, 4 stacks, time embedding on). :meth:`ConvDenoiser.reference_parameter_order`
+lists the trainable ones in the reference's registration order, the order of an MDLM EMA's ``shadow_params``.
 """
 
 from __future__ import annotations
@@ -27,7 +43,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sepo_ray.diffusion.schedule import LogLinearSchedule
+
 BASE_DILATIONS = (1, 1, 4, 16, 64)
+#: the reference CNNModel's submodules in registration order (its ``parameters()`` order; ours registers
+#: time_layers before convs, which an optimizer state of a saved run may rely on, so it is not reordered)
+REFERENCE_ORDER = ("linear", "time_embedder", "convs", "time_layers", "norms", "final_conv")
+
+
+def noise_level_from_mask(z: Tensor, mask_id: int, eps: float = LogLinearSchedule().eps) -> Tensor:
+    """sigma_hat = -log(max(1 - f, eps)), f = #MASK / L per row: the log-linear noise level z's masked fraction
+    implies (module docstring). z (B, L) long -> (B,) float64."""
+    frac = (z == mask_id).to(torch.float64).mean(-1)  # (B,) estimates 1 - alpha_t
+    return -torch.log((1.0 - frac).clamp(min=eps))  # (B,)
 
 
 class GaussianFourierProjection(nn.Module):
@@ -54,14 +82,16 @@ class Dense(nn.Module):
 
 
 class ConvDenoiser(nn.Module):
-    """Time-unconditioned MDLM denoiser: z (B, L) long in 0..m (m = MASK) -> logits (B, L, m) over clean tokens.
+    """MDLM denoiser: z (B, L) long in 0..m (m = MASK) -> logits (B, L, m) over the clean tokens.
 
     Args:
         hidden_dim: channels of every convolution (DRAKES: 128).
         num_cnn_stacks: S; the network has 5 S dilated residual layers (DRAKES: 4).
         num_tokens: m, clean vocabulary size (DNA: 4); MASK = m.
         dropout: dropout on each residual branch input (DRAKES: 0).
-        time_embedding: keep the reference's time-embedding parameters, evaluated at t = 0 (for DRAKES weights).
+        time_embedding: keep the reference's time-embedding parameters (for DRAKES weights).
+        time_conditioning: evaluate the time embedding at the noise level inferred from z's masked fraction
+            (a checkpoint trained with MDLM ``time_conditioning=True``); False: at sigma = 0 (DRAKES' config).
     """
 
     def __init__(
@@ -71,6 +101,7 @@ class ConvDenoiser(nn.Module):
         num_tokens: int = 4,
         dropout: float = 0.0,
         time_embedding: bool = False,
+        time_conditioning: bool = False,
     ):
         super().__init__()
         if hidden_dim < 2 or hidden_dim % 2:
@@ -79,12 +110,15 @@ class ConvDenoiser(nn.Module):
             raise ValueError(f"num_cnn_stacks must be >= 1, got {num_cnn_stacks}")
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+        if time_conditioning and not time_embedding:
+            raise ValueError("time_conditioning=True needs time_embedding=True (the parameters it evaluates)")
         self.config = {
             "hidden_dim": int(hidden_dim),
             "num_cnn_stacks": int(num_cnn_stacks),
             "num_tokens": int(num_tokens),
             "dropout": float(dropout),
             "time_embedding": bool(time_embedding),
+            "time_conditioning": bool(time_conditioning),
         }
         self.num_tokens = int(num_tokens)
         self.mask_id = self.num_tokens
@@ -116,7 +150,10 @@ class ConvDenoiser(nn.Module):
             self.linear.weight.dtype
         )  # (B, L, m+1)
         feat = F.relu(self.linear(onehot.transpose(1, 2)))  # (B, H, L)
-        if hasattr(self, "time_embedder"):
+        if self.config["time_conditioning"]:
+            sigma = noise_level_from_mask(z, self.mask_id).to(feat.dtype)  # (B,) MDLM backbone(x, sigma)
+            time_emb = F.relu(self.time_embedder(sigma))  # (B, H)
+        elif hasattr(self, "time_embedder"):
             t0 = torch.zeros(1, device=z.device, dtype=feat.dtype)  # sigma = 0: time-unconditioned MDLM
             time_emb = F.relu(self.time_embedder(t0))  # (1, H)
         for i in range(self.num_layers):
@@ -127,3 +164,12 @@ class ConvDenoiser(nn.Module):
             feat = feat + F.relu(self.convs[i](h))  # (B, H, L)
         logits = self.final_conv(feat).transpose(1, 2)  # (B, L, m+1)
         return logits[..., : self.num_tokens]  # (B, L, m)
+
+    def reference_parameter_order(self) -> list[str]:
+        """Names of the trainable parameters in the reference CNNModel's ``parameters()`` order (linear,
+        time_embedder, convs, time_layers, norms, final_conv; the fixed Fourier ``W`` left out): how MDLM's
+        ``ExponentialMovingAverage`` lines up its ``shadow_params`` (``p for p in parameters if p.requires_grad``)."""
+        fixed = {f"{m}.W" for m, mod in self.named_modules() if isinstance(mod, GaussianFourierProjection)}
+        names = [n for n, _ in self.named_parameters() if n not in fixed]  # our registration order
+        rank = {group: i for i, group in enumerate(REFERENCE_ORDER)}
+        return sorted(names, key=lambda n: rank[n.split(".")[0]])  # stable: index order within each group

@@ -41,7 +41,7 @@ from ray.rllib.utils.metrics import (
 from sepo_ray import sepo
 from sepo_ray.envs import SequenceBanditEnv
 from sepo_ray.oracles.pool import RewardError, RewardPool
-from sepo_ray.resolve import check_rules
+from sepo_ray.resolve import check_rules, generator_spec
 from sepo_ray.sepo.update import UpdateSpec
 from sepo_ray.settings import SEPO_SETTINGS, SETTINGS
 from sepo_ray.tasks import get_task
@@ -343,7 +343,7 @@ class SEPO(Algorithm):
         """A CPU copy of the learner's current generator (what the next iteration will sample from)."""
         cfg = self.config
         weights = self.learner_group.get_weights()[DEFAULT_MODULE_ID]
-        model = cfg.task_spec().build_denoiser(cfg.generator)
+        model = cfg.task_spec().build_denoiser(generator_spec(cfg))
         prefix = "denoiser."
         state = {k[len(prefix) :]: torch.as_tensor(v) for k, v in weights.items() if k.startswith(prefix)}
         model.load_state_dict(state)

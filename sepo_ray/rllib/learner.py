@@ -24,6 +24,7 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
+from sepo_ray.resolve import generator_spec
 from sepo_ray.sepo import center_value, critic_advantages, critic_stats, update, value_loss
 
 ADVANTAGES = "advantages"
@@ -123,7 +124,7 @@ class SEPOTorchLearner(TorchLearner):
     def reference(self, module_id: str, config) -> torch.nn.Module:
         """The frozen KL reference: the task's pretrained generator, built once from the config (never reset)."""
         if module_id not in self._reference:
-            ref = config.task_spec().build_denoiser(config.generator).to(self._device)
+            ref = config.task_spec().build_denoiser(generator_spec(config)).to(self._device)
             ref.eval().requires_grad_(False)
             self._reference[module_id] = ref
         return self._reference[module_id]

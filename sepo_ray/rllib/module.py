@@ -44,6 +44,7 @@ from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from sepo_ray import diffusion
+from sepo_ray.resolve import generator_spec
 from sepo_ray.sepo import update
 from sepo_ray.sepo.critic import ValueNet
 from sepo_ray.tasks import get_task
@@ -74,7 +75,7 @@ class SEPOTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         self.task = get_task(settings["task"])
         self.spec = update.UpdateSpec.from_settings(settings, self.task.num_tokens)
         self.group_size = int(settings["group_size"])
-        self.denoiser = self.task.build_denoiser(settings["generator"])
+        self.denoiser = self.task.build_denoiser(generator_spec(settings))
         self.schedule = diffusion.LogLinearSchedule()
         self._rng = torch.Generator()
         self._rng.manual_seed(_sampler_seed(settings["seed"]))

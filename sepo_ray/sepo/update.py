@@ -66,6 +66,7 @@ class UpdateSpec:
     corrector_steps: int
     kl_steps: int
     noise_states: int
+    trajectory_steps: int | None
     neighbour_positions: int | None
     neighbour_tokens: int | None
     score_estimator: str
@@ -255,20 +256,47 @@ def free_tokens(batch: Mapping[str, Tensor]) -> Tensor:
     return free.bool().sum(dim=1).double().clamp_min(1.0)
 
 
+def path_subset(
+    num_steps: int, k: int | None, generator: torch.Generator | None = None
+) -> tuple[Tensor, float]:
+    """(sorted indices (k,) of the path's transitions to re-score, weight P / k): a uniform k-subset without
+    replacement, so that (P / k) sum_{j in subset} f_j is unbiased for sum_j f_j (DDPO's timestep fraction);
+    every transition with weight 1 for k None or k >= P."""
+    if k is None or k >= num_steps:
+        return torch.arange(num_steps), 1.0
+    device = generator.device if generator is not None else None
+    chosen = torch.randperm(num_steps, generator=generator, device=device)[:k]  # (k,)
+    return chosen.sort().values.cpu(), num_steps / k
+
+
 def trajectory_objective(
-    model, batch: Mapping[str, Tensor], spec: UpdateSpec, schedule: diffusion.LogLinearSchedule | None = None
+    model,
+    batch: Mapping[str, Tensor],
+    spec: UpdateSpec,
+    schedule: diffusion.LogLinearSchedule | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict]:
     """Baseline: PPO-clipped REINFORCE on the sampler's own per-step log-probabilities (DDPO / d1), summed
-    over the path and divided by C_x (per token)."""
+    over the path and divided by C_x (per token); with ``trajectory_steps`` k, the sum over a uniform k-subset of
+    the path's transitions (the same for the whole batch), times P / k (:func:`path_subset`)."""
     ops = diffusion.path_ops(int(spec.denoise_steps), int(spec.corrector_steps))
-    path = diffusion.Path(batch["path_states"].long(), ops)  # (N, P + 1, L)
-    step_log_prob = diffusion.score_path(model, path, schedule, reduce=False)  # (N, P)
+    states = batch["path_states"].long()  # (N, P + 1, L)
+    chosen, weight = path_subset(len(ops), spec.trajectory_steps, generator)  # (k,), P / k
+    if weight == 1.0:
+        step_log_prob = diffusion.score_path(
+            model, diffusion.Path(states, ops), schedule, reduce=False
+        )  # (N, P)
+    else:  # each chosen transition as a one-step path: its two states and its op
+        step_log_prob = torch.cat(
+            [diffusion.score_path(model, diffusion.Path(states[:, j : j + 2], [ops[j]]), schedule, reduce=False)
+             for j in chosen.tolist()], dim=1,
+        )  # (N, k)  # fmt: skip
     return trajectory_pg_loss(
         step_log_prob,
-        batch["old_step_log_prob"],
+        batch["old_step_log_prob"][:, chosen],  # (N, k)
         batch["advantages"],
         float(spec.clip_eps),
-        row_weight=1.0 / free_tokens(batch),
+        row_weight=weight / free_tokens(batch),
     )
 
 
@@ -306,7 +334,7 @@ def update_loss(
     """
     schedule = schedule or diffusion.LogLinearSchedule()
     if spec.objective == "trajectory":
-        loss, stats = trajectory_objective(model, batch, spec, schedule)
+        loss, stats = trajectory_objective(model, batch, spec, schedule, generator)
     elif spec.objective == "sepo_t":
         loss, stats = noised_objective(model, batch, spec)
     else:

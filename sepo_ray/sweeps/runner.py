@@ -218,6 +218,8 @@ def _make_tuner(spec: SweepSpec, trainable: Any, param_space: dict, storage_path
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from sepo_ray.curves import sweep_callback
+
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -241,6 +243,7 @@ def _make_tuner(spec: SweepSpec, trainable: Any, param_space: dict, storage_path
             failure_config=FailureConfig(max_failures=spec.max_failures),
             progress_reporter=progress_reporter(spec),
             verbose=verbose,
+            callbacks=[sweep_callback()],  # each trial's curves as `run` writes its own (sepo_ray.curves)
         ),
     )
 

@@ -37,10 +37,9 @@ Search kinds: ``grid`` (every value, multiplies the trial count), ``choice`` (on
 ``lograndint`` ``[low, high]`` (integers, inclusive). Integer fields (T, M, K epochs, ...) refuse float spaces;
 string and boolean fields take ``choice`` or ``grid``.
 
-The sweep's own scalar keys are :class:`sepo_ray.settings.Setting` rows (:data:`FILE_SETTINGS`); values in
-``base_config`` and ``search_space`` are checked by the one schema (``sepo_ray.settings.SETTINGS``), so a
-sweep refuses what ``python -m sepo_ray.run --set`` refuses. Field names are ``SEPOConfig``'s attributes;
-cross-field rules are ``SEPOConfig.validate()``'s, which the runner calls before any trial starts.
+The sweep's own scalar keys are :class:`sepo_ray.settings.Setting` rows (:data:`FILE_SETTINGS`); ``base_config``
+and ``search_space`` are the settings ``run --set`` takes, resolved and checked by :mod:`sepo_ray.resolve` (the
+``file`` layer), cross-field rules included, before any trial starts.
 """
 
 from __future__ import annotations
@@ -56,7 +55,8 @@ from typing import Any
 
 import yaml
 
-from sepo_ray.settings import SETTINGS, Setting, check, yaml_load
+from sepo_ray.settings import SETTINGS, Setting, check
+from sepo_ray.yamlio import yaml_load
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "lograndint")
 SCHEDULERS = ("asha",)

@@ -26,11 +26,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import argparse
+
+    import pandas as pd
 
 
 def prompt_draw(seed: int, num_samples: int, pool_size: int) -> Tensor:
@@ -292,6 +297,49 @@ class Task:
             if path.is_file():
                 h.update(path.name.encode() + hashlib.sha256(path.read_bytes()).hexdigest()[:16].encode())
         return h.hexdigest()[:16]
+
+    # ----------------------------------------------------------------------------------------- design
+    # ``sepo-ray design TASK`` (:mod:`sepo_ray.designs`): the engine samples, applies the constraints, removes
+    # duplicates, scores the reward and ranks; the task brings its options, constraints, evidence columns, files
+    # and plots. The defaults add none of them.
+    def add_design_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Adds this task's options of ``sepo-ray design TASK`` (its constraints) to ``parser`` (an argparse parser
+        or argument group); default none."""
+
+    def design_constraints(
+        self, args: argparse.Namespace
+    ) -> list[tuple[str, Callable[[list[str]], np.ndarray]]]:
+        """The constraints the parsed options ask for, applied by rejection in this order: ``(name, predicate)``
+        with ``predicate(sequences) -> bool (N,)``, True = keep. ValueError (one line, naming the option) for a bad
+        value. Default: none."""
+        return []
+
+    def design_column_help(self) -> dict[str, str]:
+        """``{column: what it means}`` of :meth:`design_columns` (what ``--rank-by`` may name besides the
+        engine's columns, and the legend of ``summary.md``); default none."""
+        return {}
+
+    def design_columns(
+        self,
+        sequences: Sequence[str],
+        seed: int = 0,
+        prompts: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> dict[str, np.ndarray]:
+        """The evidence for each design besides the training reward: ``{column: array (N,)}`` of numbers or
+        strings, keys those of :meth:`design_column_help`; ``prompts``: each sequence's prompt text (a task with
+        prompts). Calls no training reward (the engine counts those). Default: none."""
+        return {}
+
+    def write_designs(self, table: pd.DataFrame, folder: Path) -> list[str]:
+        """Writes this task's own files of the ranked designs (one row a design, best first) into ``folder`` and
+        returns their names; default none (the engine always writes ``designs.parquet``)."""
+        return []
+
+    def design_plots(self, rows: Mapping[str, Sequence[str]], folder: Path) -> list[tuple[str, str]]:
+        """Extra plots of ``summary.md``: ``rows`` = ``{"designs": ..., "pretrained": ..., <reference rows>}``
+        sequences; writes PNGs into ``folder`` and returns ``(caption, file name)`` each; default none."""
+        return []
 
     # ------------------------------------------------------------------------------------ pretraining
     def pretrain(self, argv: Sequence[str]) -> int:

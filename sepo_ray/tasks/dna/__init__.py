@@ -95,6 +95,37 @@ class DNATask(Task):
             name: (lambda seed, n, name=name: reference_sequences(name, n, seed)) for name in REFERENCE_ROWS
         }
 
+    # ``sepo-ray design dna``: its constraints, evidence columns, FASTA and motif plot (:mod:`.design`)
+    def add_design_arguments(self, parser) -> None:
+        from .design import add_design_arguments
+
+        add_design_arguments(parser)
+
+    def design_constraints(self, args) -> list:
+        from .design import design_constraints
+
+        return design_constraints(args)
+
+    def design_column_help(self) -> dict[str, str]:
+        from .design import column_help
+
+        return column_help()
+
+    def design_columns(self, sequences, seed=0, prompts=None, device="cpu") -> dict[str, np.ndarray]:
+        from .design import design_columns
+
+        return design_columns(sequences, seed, device)
+
+    def write_designs(self, table, folder: Path) -> list[str]:
+        from .design import write_fasta
+
+        return write_fasta(table, folder)
+
+    def design_plots(self, rows, folder: Path) -> list[tuple[str, str]]:
+        from .design import motif_plot
+
+        return motif_plot(rows, folder)
+
     def pretrain(self, argv: Sequence[str]) -> int:
         from .pretrain import main
 

@@ -318,6 +318,28 @@ class TextTask(Task):
 
         return {"real_heldout": draw}
 
+    # ``sepo-ray design text``: the judge and likelihood of each completion, designs.jsonl (:mod:`.design`)
+    def design_column_help(self) -> dict[str, str]:
+        from .design import COLUMN_HELP
+
+        return dict(COLUMN_HELP)
+
+    def design_columns(self, sequences, seed=0, prompts=None, device="cpu") -> dict[str, np.ndarray]:
+        from .judge import vader_sentiment
+
+        texts = list(sequences)
+        heads = [""] * len(texts) if prompts is None else list(prompts)
+        return {  # the scorer's per-sequence scores but the reward, which the engine calls and counts
+            "judge": vader_sentiment(texts),
+            "pretrained_nll_per_token": self.scorer(device=device).pretrained_nll(texts, heads, seed),
+            "repeated_4grams": np.array([repeated_ngrams(t) for t in texts], dtype=np.float64),
+        }
+
+    def write_designs(self, table, folder: Path) -> list[str]:
+        from .design import write_jsonl
+
+        return write_jsonl(table, folder)
+
     def pretrain(self, argv: Sequence[str]) -> int:
         from .pretrain import main
 
