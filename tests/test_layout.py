@@ -148,11 +148,31 @@ def test_one_command_lists_every_subcommand_and_python_m_still_works():
     assert exe, "the sepo-ray console script is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for command in ("run", "evaluate", "compare", "frontier", "sweep", "bench", "pretrain", "design", "export"):
+    for command in (
+        "run",
+        "evaluate",
+        "compare",
+        "frontier",
+        "sweep",
+        "bench",
+        "pretrain",
+        "design",
+        "export",
+    ):
         assert re.search(rf"^\s+{command}\s", out.stdout, re.M), out.stdout
     bad = subprocess.run([exe, "trian"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown command 'trian'" in bad.stderr
-    for command in ("run", "evaluate", "compare", "frontier", "sweep", "bench", "pretrain", "design", "export"):
+    for command in (
+        "run",
+        "evaluate",
+        "compare",
+        "frontier",
+        "sweep",
+        "bench",
+        "pretrain",
+        "design",
+        "export",
+    ):
         via_m = subprocess.run([sys.executable, "-m", f"sepo_ray.{command}", "--help"], capture_output=True,
                                text=True, timeout=120, cwd=ROOT)  # fmt: skip
         assert via_m.returncode == 0 and f"sepo-ray {command}" in via_m.stdout + via_m.stderr, command
