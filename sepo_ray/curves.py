@@ -39,7 +39,7 @@ def history_row(result: Mapping, iteration: int, seconds: float) -> dict:
     if CALLS in result:
         row["oracle_calls"] = int(result[CALLS])
     for key, value in sepo_res.items():
-        if key.startswith(("heldout_", "critic_")):
+        if key.startswith(("heldout_", "critic_", "async_")):
             row[key] = float(value)
     return row
 
@@ -48,7 +48,7 @@ def scalars(row: Mapping) -> dict[str, float]:
     """The finite values of a history row, by TensorBoard tag (the critic's as ``sepo/critic_*``)."""
     out = {}
     for key, value in row.items():
-        tag = TAGS.get(key) or (f"sepo/{key}" if key.startswith("critic_") else None)
+        tag = TAGS.get(key) or (f"sepo/{key}" if key.startswith(("critic_", "async_")) else None)
         if tag is not None and isinstance(value, (int, float)) and math.isfinite(value):
             out[tag] = float(value)
     return out

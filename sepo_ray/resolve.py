@@ -191,7 +191,13 @@ def resolve_settings(
                 values[name], sources[name] = value, source
         if values["reward"] is None:
             values["reward"], sources["reward"] = task.default_reward, f"task {task.name} (default reward)"
-    check_rules(values, task, lambda n: f"{n}={values[n]!r} ({sources[n]})")
+    where = lambda n: f"{n}={values[n]!r} ({sources[n]})"  # noqa: E731
+    check_rules(values, task, where)
+    if (
+        values["max_staleness"] and not values["num_env_runners"]
+    ):  # the driver's rule (runners' configs have 0)
+        raise ValueError(f"{where('max_staleness')}: an asynchronous loop needs rollout workers that sample beside "
+                         "the learner: set num_env_runners >= 1")  # fmt: skip
     return Settings(task.name, values, sources)
 
 

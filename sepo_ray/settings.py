@@ -257,6 +257,15 @@ SEPO_SETTINGS: dict[str, Setting] = {
             nullable=True,
         ),
         _s(
+            "max_staleness",
+            0,
+            "int",
+            "asynchronous actor-learner: weight versions a sample may lag behind the learner's (rollout workers "
+            "keep sampling while the learner updates; needs num_env_runners >= 1); 0 = the synchronous loop",
+            "versions",
+            low=0,
+        ),
+        _s(
             "oracle_actors",
             1,
             "int",

@@ -154,7 +154,10 @@ def train(
             record["checkpoints"], record["final_checkpoint"] = kept, (kept[-1] if kept else None)
             record["settings"], record["sources"] = dict(settings.values), dict(settings.sources)
             changed = changed_on_resume(settings)
-            record.setdefault("resumes", []).append({"at_iteration": done, "changed": changed})
+            resume = {"at_iteration": done, "changed": changed}
+            if settings["max_staleness"]:  # finished or in-flight samples no update used: regenerated, said so
+                resume["async_samples_regenerated"] = int(algo.restored_pending)
+            record.setdefault("resumes", []).append(resume)
             print(f"resumed from {restored or 'the start'} at iteration {done}", flush=True)
             if changed:
                 print(f"settings changed on resume (recorded in {RECORD}): {changed}", flush=True)

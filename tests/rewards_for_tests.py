@@ -53,3 +53,11 @@ class Exploding:
 
     def __call__(self, sequences):
         return np.ones(len(sequences))
+
+
+def slow_fraction_a(sequences):
+    """The toy task's reward (the fraction of A), after 0.3 s per batched call: a slow oracle."""
+    import time
+
+    time.sleep(0.3)
+    return np.array([s.count("A") / max(1, len(s)) for s in sequences])

@@ -47,6 +47,7 @@ def test_registry_holds_every_entry():
         "rollout_scaling",
         "gpu_throughput",
         "iteration",
+        "async",
     ]
 
 

@@ -21,6 +21,8 @@ module each:
   same Ray session;
 - ``iteration`` (:mod:`.iteration`): where one iteration of the default ``run dna`` spends its time (sampling,
   reward calls, learner forward / backward / step, broadcast, evaluation, other) and ``iteration_over_sampling``;
+- ``async`` (:mod:`.async_bench`): oracle calls per second of the synchronous and the asynchronous loop at
+  oracle latencies of 0, 0.5 and 2 s, and their ``speedup``;
 - ``gpu_throughput`` (:mod:`.gpu`): sequences/s of the DRAKES-size generator (hidden 128, 4 stacks, T = 128,
   the default task's L) at the best batch, fp32 / tf32 / bf16 (``{"skipped": "no GPU"}`` without one).
 
@@ -56,6 +58,7 @@ from .learner import UpdateSettings, count_formulas, learner_comparison  # isort
 from .ray_bench import ray_rollout_measurements  # isort: skip
 from .gpu import GPU_MODES, gpu_throughput_run  # isort: skip
 from .iteration import iteration_split  # isort: skip
+from .async_bench import async_speedup  # isort: skip
 
 __all__ = [
     "BENCHMARKS",
@@ -76,6 +79,7 @@ __all__ = [
     "gpu_throughput_run",
     "is_quick",
     "iteration_split",
+    "async_speedup",
     "learner_comparison",
     "machine_info",
     "make_fidelity_toy",

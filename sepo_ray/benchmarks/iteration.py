@@ -46,13 +46,15 @@ def split_iterations(settings, iterations: int) -> list[dict]:
     """Build the algorithm of ``settings`` (a resolved :class:`~sepo_ray.resolve.Settings`, in process), run one
     warm-up and ``iterations`` timed iterations; -> one dict of seconds per phase and iteration."""
     from sepo_ray.rllib import SEPOConfig
+    from sepo_ray.rllib import algorithm as algorithm_module
 
     algo = SEPOConfig.from_settings(settings).build_algo()
     seconds = dict.fromkeys(PHASES, 0.0)
+    sample_sync = algorithm_module.sample_sync
     try:
         learner = algo.learner_group._learner  # in process: num_learners = 0
         env = algo.env_runner.env.unwrapped
-        algo._sample = _timed(algo._sample, seconds, "sampling")
+        algorithm_module.sample_sync = _timed(sample_sync, seconds, "sampling")
         algo.heldout_metrics = _timed(algo.heldout_metrics, seconds, "evaluation")
         algo.env_runner_group.sync_weights = _timed(algo.env_runner_group.sync_weights, seconds, "broadcast")
         algo.learner_group.update = _timed(algo.learner_group.update, seconds, "learner_update")
@@ -85,6 +87,7 @@ def split_iterations(settings, iterations: int) -> list[dict]:
             rows.append(row)
         return rows
     finally:
+        algorithm_module.sample_sync = sample_sync
         algo.stop()
 
 

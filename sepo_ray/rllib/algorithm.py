@@ -17,7 +17,6 @@ group runs K epochs of the SEPO loss, and the new weights are broadcast to the w
 from __future__ import annotations
 
 import logging
-import time
 from functools import partial
 
 import gymnasium as gym
@@ -27,7 +26,6 @@ from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     ENV_RUNNER_SAMPLING_TIMER,
@@ -48,6 +46,7 @@ from sepo_ray.tasks import get_task
 
 from .learner import SEPOTorchLearner
 from .module import SEPOTorchRLModule
+from .sampling import AsyncSampler, sample_sync
 from .state import learner_rng_state, runner_rng_state, set_learner_rng_state, set_runner_rng_state
 
 logger = logging.getLogger(__name__)
@@ -215,6 +214,12 @@ class SEPO(Algorithm):
             new.freeze()
             self.config = new
         super().setup(config)
+        if cfg.max_staleness and not self.env_runner_group.num_remote_workers():
+            raise ValueError("SEPOConfig.max_staleness > 0 needs rollout workers (num_env_runners >= 1)")
+        self._async = (
+            AsyncSampler(self, cfg.max_staleness, cfg.sample_timeout_s) if cfg.max_staleness else None
+        )
+        self.restored_pending = 0  # an asynchronous run's unused samples its checkpoint could not keep
 
     def cleanup(self) -> None:
         super().cleanup()
@@ -230,7 +235,8 @@ class SEPO(Algorithm):
         cfg = self.config
         # 1. Sample: B * G whole sequences with theta_old (old-policy SEPO quantities ride along).
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            episodes = self._sample(cfg.batch_sequences)
+            wanted = cfg.batch_sequences
+            episodes = self._async.collect(wanted) if self._async else sample_sync(self, wanted)
         # 2. Score: rewards (computed by the oracle actors inside the env step) -> advantages.
         rewards = self._check_rewards(episodes)
         for episode, a in zip(episodes, self._advantages(episodes, rewards)):
@@ -252,36 +258,17 @@ class SEPO(Algorithm):
             self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
         # 4. Sync: broadcast the new weights to every rollout worker.
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
-            modules = set(learner_results[0].keys()) - {"__all_modules__"}
-            self.env_runner_group.sync_weights(
-                from_worker_or_learner_group=self.learner_group, policies=modules, inference_only=True
-            )
-        self._log_sepo_metrics(rewards, learner_results)
+            if self._async:  # queued behind each runner's sample in flight; acknowledged with its version
+                self._async.broadcast()
+            else:
+                modules = set(learner_results[0].keys()) - {"__all_modules__"}
+                self.env_runner_group.sync_weights(
+                    from_worker_or_learner_group=self.learner_group, policies=modules, inference_only=True
+                )
+        self._log_sepo_metrics(rewards, learner_results, self._async.stats() if self._async else {})
         if cfg.heldout_eval_interval and (self.training_iteration + 1) % cfg.heldout_eval_interval == 0:
             for name, value in self.heldout_metrics().items():
                 self.metrics.log_value((SEPO_KEY, name), value, window=1)
-
-    def _sample(self, wanted: int) -> list:
-        """``wanted`` whole sequences from the rollout workers; a crashed worker is restored and sampling goes on."""
-        episodes = []
-        for attempt in range(4):
-            got, runner_results = synchronous_parallel_sample(
-                worker_set=self.env_runner_group,
-                max_env_steps=wanted - len(episodes),
-                sample_timeout_s=self.config.sample_timeout_s,
-                _uses_new_env_runners=True,
-                _return_metrics=True,
-            )
-            episodes += [e for e in got if len(e) > 0]
-            self.metrics.aggregate(runner_results, key=ENV_RUNNER_RESULTS)
-            if len(episodes) >= wanted:
-                return episodes
-            logger.warning("SEPO: sampled %d/%d sequences; restoring rollout workers", len(episodes), wanted)
-            time.sleep(1.0 + attempt)  # give Ray time to restart a crashed worker
-            self.restore_env_runners(self.env_runner_group)
-        if not episodes:
-            raise RuntimeError("SEPO: every rollout worker failed to sample, four times in a row")
-        return episodes
 
     def _check_rewards(self, episodes) -> np.ndarray:
         rewards = np.array([e.get_return() for e in episodes], dtype=np.float64)
@@ -319,7 +306,7 @@ class SEPO(Algorithm):
         advantages[order] = adv_sorted
         return advantages.tolist()
 
-    def _log_sepo_metrics(self, rewards: np.ndarray, learner_results) -> None:
+    def _log_sepo_metrics(self, rewards: np.ndarray, learner_results, extra: dict) -> None:
         res = learner_results[0].get(DEFAULT_MODULE_ID, {}) if learner_results else {}
 
         def last(key):
@@ -334,6 +321,7 @@ class SEPO(Algorithm):
             "kl": last("kl"),
             "clip_frac": last("clip_frac"),
             **{k: last(k) for k in res if k.startswith("critic_")},
+            **extra,
         }
         for key, value in values.items():
             self.metrics.log_value((SEPO_KEY, key), value, window=1)
@@ -374,6 +362,7 @@ class SEPO(Algorithm):
         what the uninterrupted run would have drawn."""
         state = super().get_state(*args, **kwargs)
         state["sepo_baseline"] = self._baseline
+        state["sepo_async_pending"] = self._async.pending() if self._async else 0
         state["sepo_rng"] = {
             "runners": dict(self.env_runner_group.foreach_env_runner(runner_rng_state)),
             "learners": [r.get() for r in self.learner_group.foreach_learner(learner_rng_state)],
@@ -384,6 +373,7 @@ class SEPO(Algorithm):
         super().set_state(state)
         if "sepo_baseline" in state:
             self._baseline = state["sepo_baseline"]
+        self.restored_pending = int(state.get("sepo_async_pending", 0))
         rng = state.get("sepo_rng")
         if rng:
             self.env_runner_group.foreach_env_runner(partial(set_runner_rng_state, states=rng["runners"]))
