@@ -275,6 +275,15 @@ SEPO_SETTINGS: dict[str, Setting] = {
             resumable=True,
         ),
         _s(
+            "oracle_resource",
+            None,
+            "str",
+            "a custom Ray resource each reward-oracle actor asks 0.001 of, pinning it to the nodes that offer it "
+            "(e.g. 'oracle' in cluster/*.yaml); None = any node",
+            nullable=True,
+            resumable=True,
+        ),
+        _s(
             "oracle_num_gpus",
             0.0,
             "float",

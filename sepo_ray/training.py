@@ -155,7 +155,9 @@ def train(
             record["settings"], record["sources"] = dict(settings.values), dict(settings.sources)
             changed = changed_on_resume(settings)
             resume = {"at_iteration": done, "changed": changed}
-            if settings["max_staleness"]:  # finished or in-flight samples no update used: regenerated, said so
+            if settings[
+                "max_staleness"
+            ]:  # finished or in-flight samples no update used: regenerated, said so
                 resume["async_samples_regenerated"] = int(algo.restored_pending)
             record.setdefault("resumes", []).append(resume)
             print(f"resumed from {restored or 'the start'} at iteration {done}", flush=True)

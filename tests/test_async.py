@@ -36,6 +36,9 @@ class FakeStates:
 
         return State()
 
+    def items(self):
+        return [(i, self[i]) for i in (1, 2)]
+
 
 class FakeGroup:
     """Two runners; a runner's sample request finishes when ``finish`` says so, with the weights it holds."""
@@ -48,6 +51,9 @@ class FakeGroup:
         return [1, 2]
 
     def num_healthy_remote_workers(self):
+        return 2
+
+    def num_remote_workers(self):
         return 2
 
     def num_in_flight_async_reqs(self, tag=None):

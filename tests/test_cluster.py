@@ -152,6 +152,7 @@ def test_roles_have_their_node_types(name):
     rollout = [t for t in gpu.values() if "rollout_gpu" in t["resources"]]
     assert len(learner) == 1 and learner[0]["resources"]["learner_gpu"] == learner[0]["resources"]["GPU"]
     assert len(rollout) == 1 and rollout[0]["resources"]["rollout_gpu"] == rollout[0]["resources"]["GPU"]
+    assert rollout[0]["resources"]["oracle"] >= 1  # `--set oracle_resource=oracle` pins the oracle actors there
     assert sum(t.get("max_workers", 0) for t in gpu.values()) <= config["max_workers"]
 
 
@@ -270,7 +271,7 @@ def test_kuberay_manifest_names_images_and_resources():
 
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
     assert set(groups) == {"gpu-learner", "gpu-rollout"}
-    expected = {"gpu-learner": ("learner_gpu", 1), "gpu-rollout": ("rollout_gpu", 4)}
+    expected = {"gpu-learner": ({"learner_gpu": 1}, 1), "gpu-rollout": ({"rollout_gpu": 4, "oracle": 4}, 4)}
     for name, (custom, gpus) in expected.items():
         group = groups[name]
         assert 0 <= group["minReplicas"] <= group["maxReplicas"]
@@ -278,7 +279,7 @@ def test_kuberay_manifest_names_images_and_resources():
         assert container["image"] == head_container["image"]
         for part in ("requests", "limits"):
             assert int(container["resources"][part]["nvidia.com/gpu"]) == gpus
-        assert _ray_start_resources(group["rayStartParams"]) == {custom: gpus}
+        assert _ray_start_resources(group["rayStartParams"]) == custom
 
 
 def test_kuberay_exposes_nothing_outside_the_cluster():

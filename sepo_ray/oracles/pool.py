@@ -208,11 +208,17 @@ class _RewardActorImpl:
 
         return os.getpid()
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 class RewardPool:
     """``num_actors`` Ray actors serving one reward spec; ``score`` splits a batch evenly across them.
 
-    Actors are named ``f"{name}-{i}"`` so that rollout workers can find them with :meth:`connect`; the
+    Actors are named ``f"{name}-{i}"`` so that rollout workers can find them with :meth:`connect`; ``resource``
+    (a custom Ray resource, of which each actor asks 0.001) pins them to the nodes that offer it; the
     creator keeps the handles (a named actor whose handles are all gone is collected). ``timeout_s`` (seconds
     per batched call, the setting ``reward_timeout_s``): a hung oracle becomes a RewardError, not a hung run.
     """
@@ -228,6 +234,7 @@ class RewardPool:
         timeout_s: float = 600.0,
         name: str | None = None,
         namespace: str | None = None,
+        resource: str | None = None,
     ):
         import ray
 
@@ -249,6 +256,7 @@ class RewardPool:
                 namespace=self.namespace,
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
+                resources={resource: 1e-3} if resource else None,
                 max_restarts=max_restarts,
                 max_task_retries=max_restarts,
             ).remote(spec)

@@ -47,7 +47,13 @@ from sepo_ray.tasks import get_task
 from .learner import SEPOTorchLearner
 from .module import SEPOTorchRLModule
 from .sampling import AsyncSampler, sample_sync
-from .state import learner_rng_state, runner_rng_state, set_learner_rng_state, set_runner_rng_state
+from .state import (
+    learner_rng_state,
+    runner_rng_state,
+    seed_runner,
+    set_learner_rng_state,
+    set_runner_rng_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +209,7 @@ class SEPO(Algorithm):
                 cfg.reward or cfg.task_spec().default_reward,
                 num_actors=cfg.oracle_actors,
                 num_gpus=float(cfg.oracle_num_gpus),
+                resource=cfg.oracle_resource,
                 max_restarts=int(cfg.oracle_max_restarts),
                 timeout_s=float(cfg.reward_timeout_s),
             )
@@ -214,12 +221,21 @@ class SEPO(Algorithm):
             new.freeze()
             self.config = new
         super().setup(config)
+        self.env_runner_group.foreach_env_runner(partial(seed_runner, seed=cfg.seed), local_env_runner=False)
         if cfg.max_staleness and not self.env_runner_group.num_remote_workers():
             raise ValueError("SEPOConfig.max_staleness > 0 needs rollout workers (num_env_runners >= 1)")
         self._async = (
             AsyncSampler(self, cfg.max_staleness, cfg.sample_timeout_s) if cfg.max_staleness else None
         )
         self.restored_pending = 0  # an asynchronous run's unused samples its checkpoint could not keep
+
+    def restore_env_runners(self, env_runner_group) -> list:
+        """RLlib's restore, then the restored workers' samplers seeded by their index (not all alike)."""
+        restored = super().restore_env_runners(env_runner_group)
+        if restored:
+            env_runner_group.foreach_env_runner(partial(seed_runner, seed=self.config.seed),
+                                                remote_worker_ids=restored, local_env_runner=False)  # fmt: skip
+        return restored
 
     def cleanup(self) -> None:
         super().cleanup()

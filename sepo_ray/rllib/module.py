@@ -50,18 +50,12 @@ from sepo_ray.sepo.critic import ValueNet
 from sepo_ray.tasks import get_task
 
 
-def _sampler_seed(seed: int | None) -> int:
-    """The config's seed (offset per Ray actor, so rollout workers draw different samples), else OS entropy."""
+def sampler_seed(seed: int | None, worker_index: int = 0) -> int:
+    """The sampler's seed on rollout worker ``worker_index`` (0: the local one): the config's seed, offset per
+    worker so that workers draw different samples and a run draws the same ones again; OS entropy without a seed."""
     if seed is None:
         return int(np.random.SeedSequence().entropy % (2**62))
-    try:
-        import ray
-
-        actor = ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001 - outside Ray
-        actor = None
-    offset = int(actor[-8:], 16) if actor else 0
-    return (int(seed) * 1_000_003 + offset) % (2**62)
+    return (int(seed) * 1_000_003 + int(worker_index)) % (2**62)
 
 
 class SEPOTorchRLModule(TorchRLModule, InferenceOnlyAPI):
@@ -78,7 +72,9 @@ class SEPOTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         self.denoiser = self.task.build_denoiser(generator_spec(settings))
         self.schedule = diffusion.LogLinearSchedule()
         self._rng = torch.Generator()
-        self._rng.manual_seed(_sampler_seed(settings["seed"]))
+        self._rng.manual_seed(
+            sampler_seed(settings["seed"])
+        )  # remote workers: reseeded by index (SEPO.setup)
         if settings["advantage"] == "critic":  # V_phi(prompt), App. B.1 / E.1
             self.value_net = ValueNet(
                 self.task.num_tokens,

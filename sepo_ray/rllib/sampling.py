@@ -85,7 +85,9 @@ class AsyncSampler:
         self.queue: deque = deque()  # (version, episodes) of finished sample() calls, in arrival order
         self.version = 0  # the learner's weights version the runners should hold
         self.sent: dict[int, int] = {}  # runner id -> the last version sent to it
-        self.dropped = self.missed = 0
+        self.held: dict[int, int] = {}  # runner id -> the version it acknowledged last
+        self.dropped = self.missed = self.lost = 0
+        self.lost_from: set[int] = set()  # runners whose lost sample is counted already
         self.used_staleness: list[int] = []
 
     @property
@@ -104,37 +106,61 @@ class AsyncSampler:
 
     def collect(self, wanted: int) -> list:
         """``wanted`` episodes (whole sample() batches), fresh enough; waits for runners as needed."""
-        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS
-
         deadline = time.monotonic() + self.timeout_s
         while self._queued() < wanted:
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"SEPO: no {wanted} fresh samples within {self.timeout_s:g} s (sample_timeout_s)"
                 )
-            if self.group.num_healthy_remote_workers() == 0:
-                self.algo.restore_env_runners(self.group)
-            self._request()
-            for runner_id, out in self.group.fetch_ready_async_reqs(
-                tags=[SAMPLE, WEIGHTS], timeout_seconds=0.5
-            ):
-                if isinstance(out, int):  # a broadcast's acknowledgement: the version the runner now holds
-                    if out < self.sent.get(runner_id, 0):
-                        self.missed += 1
-                        logger.warning("SEPO: rollout worker %d holds weights %d, sent %d", runner_id, out,
-                                       self.sent[runner_id])  # fmt: skip
-                    continue
-                episodes, metrics = out
-                self.algo.metrics.aggregate([metrics], key=ENV_RUNNER_RESULTS)
-                if episodes:
-                    self.queue.append((min(episode_version(e) for e in episodes), episodes))
-            self._drop_stale()
+            self.poll()
         batch = []
         while len(batch) < wanted:
             version, episodes = self.queue.popleft()
             self.used_staleness += [self.version - version] * len(episodes)
             batch += episodes
         return batch
+
+    def poll(self, timeout_s: float = 0.5) -> None:
+        """One round: restore dead runners, keep every runner sampling, take in what is ready (finished samples
+        into the queue, broadcast acknowledgements checked), count samples lost with a runner, drop stale ones."""
+        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS
+
+        if len(self.group.healthy_worker_ids()) < self.group.num_remote_workers():
+            self.algo.restore_env_runners(self.group)  # a runner (or its node) died: Ray restarts it
+        self._request()
+        sampling = set(self._sampling())
+        results = self.group.fetch_ready_async_reqs(tags=[SAMPLE, WEIGHTS], timeout_seconds=timeout_s)
+        self._count_lost(sampling - {i for i, _ in results})
+        for runner_id, out in results:
+            if isinstance(out, int):  # a broadcast's acknowledgement: the version the runner now holds
+                self.held[runner_id] = out
+                if out < self.sent.get(runner_id, 0):
+                    self.missed += 1
+                    logger.warning("SEPO: rollout worker %d holds weights %d, sent %d", runner_id, out,
+                                   self.sent[runner_id])  # fmt: skip
+                continue
+            episodes, metrics = out
+            self.algo.metrics.aggregate([metrics], key=ENV_RUNNER_RESULTS)
+            if episodes:
+                self.queue.append((min(episode_version(e) for e in episodes), episodes))
+        self._drop_stale()
+
+    def _sampling(self) -> list[int]:
+        """The runners with a sampling request in flight."""
+        states = self.group._worker_manager._remote_actor_states
+        return [i for i, state in states.items() if state.get_num_in_flight_requests(SAMPLE) > 0]
+
+    def _count_lost(self, candidates: set[int]) -> None:
+        """Runners that had a sample in flight and are no longer healthy lost it: counted, logged, and sampled
+        again by the restored runner (never silently)."""
+        healthy = set(self.group.healthy_worker_ids())
+        for runner_id in candidates - healthy:
+            if runner_id not in self.lost_from:
+                self.lost_from.add(runner_id)
+                self.lost += int(self.algo.config.num_envs_per_env_runner)
+                logger.warning("SEPO: rollout worker %d died with a sample in flight: %d sequences regenerated",
+                               runner_id, int(self.algo.config.num_envs_per_env_runner))  # fmt: skip
+        self.lost_from -= healthy
 
     def _queued(self) -> int:
         return sum(len(e) for _, e in self.queue)
@@ -168,6 +194,7 @@ class AsyncSampler:
         return {
             "async_dropped_stale": float(self.dropped),
             "async_missed_broadcasts": float(self.missed),
+            "async_lost_in_flight": float(self.lost),
             "async_staleness_mean": float(sum(used) / len(used)) if used else 0.0,
             "async_queued": float(self._queued()),
         }

@@ -35,3 +35,11 @@ def learner_rng_state(learner) -> bytes:
 
 def set_learner_rng_state(learner, state: bytes) -> None:
     learner._noise.set_state(torch.from_numpy(np.frombuffer(state, dtype=np.uint8).copy()))
+
+
+def seed_runner(runner, seed) -> None:
+    """Seed a rollout worker's sampler by its index (``module.sampler_seed``): remote workers must not draw the
+    same samples (a Ray actor cannot tell its own index when its module is built)."""
+    from .module import sampler_seed
+
+    runner.module._rng.manual_seed(sampler_seed(seed, int(runner.worker_index)))
