@@ -1,12 +1,13 @@
 """``async``: reward-oracle calls per second of the synchronous and the asynchronous actor-learner loop, at
 oracle latencies of 0, 0.5 and 2 s per batched call, and the held-out quality each reaches in the same updates.
 
-Both loops run the DNA task's run defaults with one rollout worker (so that sampling and the learner can
-overlap) and the default reward behind a stand-in latency (:class:`DelayedReward`: a real oracle on another
-machine, a slow model, a wet-lab simulator); the synchronous one with ``max_staleness`` 0, the asynchronous one
-with 1. After one warm-up iteration each runs the same number of updates; calls per second = the oracle calls
-charged during them (every sequence sampled, used or not) / their wall time. ``speedup[latency]`` = asynchronous
-/ synchronous calls per second (> 1: faster). The held-out score and realism are the task's (64 fresh samples
+Both loops run the DNA task's run defaults on the same resources: 4 rollout workers at half a CPU each (one
+prompt's group each) and 4 reward-oracle actors, so that sampling, scoring and the learner can overlap, with the
+default reward behind a stand-in latency (:class:`DelayedReward`: a real oracle on another machine, a slow
+model, a wet-lab simulator); the synchronous one with ``max_staleness`` 0, the asynchronous one with 2. After
+one warm-up iteration each runs the same number of updates; calls per second = the oracle calls charged during
+them (every sequence sampled, used or not) / their wall time. ``speedup[latency]`` = asynchronous /
+synchronous calls per second (> 1: faster). The held-out score and realism are the task's (64 fresh samples
 after the last update): one seed, a first reading, not a comparison.
 """
 
@@ -22,6 +23,7 @@ import torch
 from .common import is_quick, load_avg, register
 
 LATENCIES = (0.0, 0.5, 2.0)
+RUNNERS, ASYNC_STALENESS = 4, 2
 
 
 class DelayedReward:
@@ -73,7 +75,7 @@ def async_speedup(args: argparse.Namespace) -> dict:
 
     quick = is_quick(args)
     latencies = LATENCIES[:2] if quick else LATENCIES
-    base = {"prompts_per_batch": 2, "group_size": 2, "denoise_steps": 4} if quick else {}
+    base = {"prompts_per_batch": 4, "group_size": 2, "denoise_steps": 4} if quick else {}
     base.update(getattr(args, "settings", None) or {})
     load = load_avg()
     threads = torch.get_num_threads()
@@ -82,9 +84,9 @@ def async_speedup(args: argparse.Namespace) -> dict:
     runs = {}
     try:
         for latency in latencies:
-            for mode, k in (("sync", 0), ("async", 1)):
-                cli = {**base, "num_env_runners": 1, "max_staleness": k,
-                       "reward": f"{__name__}:{REWARDS[latency]}"}  # fmt: skip
+            for mode, k in (("sync", 0), ("async", ASYNC_STALENESS)):
+                cli = {"num_env_runners": RUNNERS, "num_cpus_per_env_runner": 2 / RUNNERS, "oracle_actors": RUNNERS,
+                       **base, "max_staleness": k, "reward": f"{__name__}:{REWARDS[latency]}"}  # fmt: skip
                 settings = resolve_settings(get_task("dna"), cli=cli)
                 runs[f"{mode}_{latency:g}s"] = measure(settings, 1 if quick else 4, 16 if quick else 64)
     finally:
@@ -102,6 +104,6 @@ def async_speedup(args: argparse.Namespace) -> dict:
         "runs": runs,
         "load_avg_1min": load,
         "cpus": os.cpu_count(),
-        "note": "one rollout worker and the learner in the driver on 2 CPUs; calls/s over the timed updates; "
+        "note": f"{RUNNERS} rollout workers, {RUNNERS} oracle actors and the learner in the driver on 2 CPUs; calls/s over the timed updates; "
         "the asynchronous loop may charge samples an update did not use (queued, or dropped as too stale)",
     }
