@@ -94,7 +94,7 @@ def is_setting(name: str) -> bool:
 
 def why_invalid(name: str, value: Any) -> str | None:
     """None when ``value`` may be given for ``name``, else why not (schema rules; RLlib attributes: the type of
-    their default, finite and non-negative numbers; derived settings never)."""
+    their default, CPU and GPU counts also fractions, finite and non-negative numbers; derived settings never)."""
     if name in DERIVED:
         return f"is derived by SEPO from {DERIVED[name]}; set that instead"
     if name in SETTINGS:
@@ -115,7 +115,10 @@ def why_invalid(name: str, value: Any) -> str | None:
             else f"takes {type(default).__name__}"
         )
     if isinstance(default, (int, float)):
-        if not isinstance(value, (int, float)) or (isinstance(default, int) and not isinstance(value, int)):
+        fractional = "cpus" in name or "gpus" in name  # resources may be fractions whatever their default
+        if not isinstance(value, (int, float)) or (
+            isinstance(default, int) and not isinstance(value, int) and not fractional
+        ):
             return f"takes {'integers' if isinstance(default, int) else 'numbers'}, got {value!r}"
         if not math.isfinite(value):
             return f"takes finite numbers, got {value!r}"

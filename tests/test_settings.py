@@ -54,6 +54,7 @@ def test_table_lists_every_setting_with_value_and_source():
         ({"seed": -1}, "--set seed=-1: must be >= 0"),
         ({"gamma": float("nan")}, "--set gamma=nan: takes finite numbers"),
         ({"num_cpus_per_env_runner": -1}, "--set num_cpus_per_env_runner=-1: must be >= 0"),
+        ({"num_env_runners": 1.5}, "--set num_env_runners=1.5: takes integers"),
         ({"train_batch_size_per_learner": 64}, "is derived by SEPO from prompts_per_batch * group_size"),
         ({"no_such_field": 1}, "--set no_such_field=1: not a config field"),
         ({"task": "toy"}, "the task is the command's first argument"),
@@ -64,6 +65,11 @@ def test_every_bad_value_is_refused_with_its_layer(given, message):
     with pytest.raises(ValueError) as err:
         resolve_settings(DNA, cli=given)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cpu_and_gpu_counts_may_be_fractions():
+    s = resolve_settings(DNA, cli={"num_cpus_per_env_runner": 0.5, "num_gpus_per_env_runner": 0.25})
+    assert s["num_cpus_per_env_runner"] == 0.5 and s["num_gpus_per_env_runner"] == 0.25
 
 
 def test_a_resume_keeps_the_recorded_values_and_changes_only_resumable_ones():

@@ -1,13 +1,14 @@
 """``async``: reward-oracle calls per second of the synchronous and the asynchronous actor-learner loop, at
 oracle latencies of 0, 0.5 and 2 s per batched call, and the held-out quality each reaches in the same updates.
 
-Both loops run the DNA task's run defaults on the same resources: 4 rollout workers at half a CPU each (one
+Both loops run the DNA task's run defaults with the cheaper update (``trajectory_steps`` 4, so that the learner
+does not dominate an iteration and the bench fits 15 minutes on 2 cores) on the same resources: 4 rollout workers at half a CPU each (one
 prompt's group each) and 4 reward-oracle actors, so that sampling, scoring and the learner can overlap, with the
 default reward behind a stand-in latency (:class:`DelayedReward`: a real oracle on another machine, a slow
 model, a wet-lab simulator); the synchronous one with ``max_staleness`` 0, the asynchronous one with 2. After
 one warm-up iteration each runs the same number of updates; calls per second = the oracle calls charged during
 them (every sequence sampled, used or not) / their wall time. ``speedup[latency]`` = asynchronous /
-synchronous calls per second (> 1: faster). The held-out score and realism are the task's (64 fresh samples
+synchronous calls per second (> 1: faster); ``used_speedup`` the same for the sequences the updates used. The held-out score and realism are the task's (64 fresh samples
 after the last update): one seed, a first reading, not a comparison.
 """
 
@@ -61,7 +62,9 @@ def measure(settings, iterations: int, heldout_samples: int) -> dict:
         staleness = float(result.get("sepo", {}).get("async_staleness_mean", 0.0))
     finally:
         algo.stop()
+    used = iterations * int(settings["prompts_per_batch"]) * int(settings["group_size"])
     return {"calls": calls, "wall_s": round(wall, 2), "calls_per_s": round(calls / wall, 3),
+            "used_per_s": round(used / wall, 3),
             "staleness_mean_last": staleness, **{k: round(float(v), 4) for k, v in heldout.items()}}  # fmt: skip
 
 
@@ -76,6 +79,7 @@ def async_speedup(args: argparse.Namespace) -> dict:
     quick = is_quick(args)
     latencies = LATENCIES[:2] if quick else LATENCIES
     base = {"prompts_per_batch": 4, "group_size": 2, "denoise_steps": 4} if quick else {}
+    base["trajectory_steps"] = min(4, base.get("denoise_steps", 32))
     base.update(getattr(args, "settings", None) or {})
     load = load_avg()
     threads = torch.get_num_threads()
@@ -95,12 +99,17 @@ def async_speedup(args: argparse.Namespace) -> dict:
             import ray
 
             ray.shutdown()
+    used_speedup = {
+        f"{latency:g}": round(runs[f"async_{latency:g}s"]["used_per_s"] / runs[f"sync_{latency:g}s"]["used_per_s"], 3)
+        for latency in latencies
+    }  # fmt: skip
     speedup = {
         f"{latency:g}": round(runs[f"async_{latency:g}s"]["calls_per_s"] / runs[f"sync_{latency:g}s"]["calls_per_s"], 3)
         for latency in latencies
     }  # fmt: skip
     return {
         "speedup": speedup,
+        "used_speedup": used_speedup,
         "runs": runs,
         "load_avg_1min": load,
         "cpus": os.cpu_count(),

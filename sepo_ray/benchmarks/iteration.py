@@ -13,6 +13,7 @@ warm-up iteration, each timed iteration is split by wrapping the algorithm's own
 - ``other_s``: what is left (advantages, metrics, Python).
 
 ``iteration_over_sampling`` is the iteration's time divided by the time to sample (and score) its batch once.
+``trajectory_steps_4``: the same medians with the cheaper update (4 sampler steps of each path re-scored per epoch).
 """
 
 from __future__ import annotations
@@ -107,8 +108,13 @@ def iteration_split(args: argparse.Namespace) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # as a run has them (the other benchmarks time on one thread)
     started = init_ray(num_cpus=2, announce=False)
+    cheaper = None
     try:
         rows = split_iterations(settings, 1 if quick else 3)
+        if not quick and "trajectory_steps" not in cli:  # the same split with the cheaper update
+            cheaper = split_iterations(
+                resolve_settings(get_task("dna"), cli={**cli, "trajectory_steps": 4}), 3
+            )
     finally:
         torch.set_num_threads(threads)
         if started:
@@ -136,4 +142,9 @@ def iteration_split(args: argparse.Namespace) -> dict:
         "torch_threads": os.cpu_count() or 1,
         "note": "seconds of one iteration of the default `run dna` (in process, 2 CPUs), median over the timed "
         "iterations after one warm-up; machine load moves every figure, the split shows the shares",
+        **({"trajectory_steps_4": _median(cheaper)} if cheaper else {}),
     }
+
+
+def _median(rows: list[dict]) -> dict:
+    return {k: round(statistics.median(r[k] for r in rows), 4) for k in rows[0]}
