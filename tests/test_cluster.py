@@ -152,7 +152,9 @@ def test_roles_have_their_node_types(name):
     rollout = [t for t in gpu.values() if "rollout_gpu" in t["resources"]]
     assert len(learner) == 1 and learner[0]["resources"]["learner_gpu"] == learner[0]["resources"]["GPU"]
     assert len(rollout) == 1 and rollout[0]["resources"]["rollout_gpu"] == rollout[0]["resources"]["GPU"]
-    assert rollout[0]["resources"]["oracle"] >= 1  # `--set oracle_resource=oracle` pins the oracle actors there
+    assert (
+        rollout[0]["resources"]["oracle"] >= 1
+    )  # `--set oracle_resource=oracle` pins the oracle actors there
     assert sum(t.get("max_workers", 0) for t in gpu.values()) <= config["max_workers"]
 
 
