@@ -26,6 +26,8 @@ def main() -> None:
     settings = resolve_settings(get_task("dna"), cli={
         "num_env_runners": 2, "max_staleness": 1, "oracle_resource": "oracle", "prompts_per_batch": 2,
         "group_size": 2, "denoise_steps": 4, "kl_steps": 2, "trajectory_steps": 2,
+        # the oracle answers 2 s late, so the victim's sample is still in flight when its node goes away
+        "reward": "sepo_ray.benchmarks.async_bench:dna_reward_2s",
     })  # fmt: skip
     algo = SEPOConfig.from_settings(settings).build_algo()
     out = {"nodes": {"head": cluster.head_node.node_id, "workers": [w.node_id for w in workers],
