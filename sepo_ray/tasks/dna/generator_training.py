@@ -39,6 +39,7 @@ class GeneratorConfig:
     weight_decay: float = 0.0  #: AdamW weight decay
     grad_clip: float = 1.0  #: gradient-norm clip
     rc_augment: bool = True  #: replace each sequence by its reverse complement w.p. 1/2
+    train_split: str = "all"  #: rows it learns from: "all" (as DRAKES) or "train_all" (no validation/test chromosome)
     eval_sequences: int = 1000  #: held-out sequences for the bits/base figure
     eval_draws: int = 8  #: antithetic time draws per held-out sequence
     seed: int = 0
@@ -59,17 +60,17 @@ class GeneratorConfig:
 
 
 def train_generator(
-    data: DHSData, cfg: GeneratorConfig, out_dir: Path, threads: int, log=print
+    data: DHSData, cfg: GeneratorConfig, out_dir: Path, threads: int, log=print, name: str = "generator"
 ) -> tuple[DNAConvDenoiser, dict]:
-    """MDLM pretraining (continuous-time NELBO per token, antithetic times) on all sequences; writes
-    ``out_dir/generator.safetensors`` + ``generator.json``. -> (model in eval mode, card)."""
+    """MDLM pretraining (continuous-time NELBO per token, antithetic times) on the rows of ``cfg.train_split``;
+    writes ``out_dir/NAME.safetensors`` + ``NAME.json``. -> (model in eval mode, card)."""
     from sepo_ray.diffusion import LogLinearSchedule, MaskingProcess
 
     torch.manual_seed(cfg.seed)  # the initialisation; the loop draws from its own generator seeded alike
     model = DNAConvDenoiser(hidden_dim=cfg.hidden_dim, num_cnn_stacks=cfg.num_cnn_stacks)
     model, stats = pretrain_denoiser(
         model,
-        data.tokens,
+        data.tokens[data.split(cfg.train_split)],
         cfg.training,
         augment=random_reverse_complement if cfg.rc_augment else None,
         log=lambda msg: log(f"[generator] {msg}"),
@@ -81,27 +82,31 @@ def train_generator(
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))[: cfg.eval_sequences]
         heldout[split] = continuous_nelbo_bits(model, x[idx], process, cfg.eval_draws, seed=1234)
         log(f"[generator] {split} ({'/'.join(SPLITS[split])}) NELBO {heldout[split]:.4f} bits/base")
-    save_model(model, out_dir / "generator.safetensors", {"name": "dna_generator"})
+    save_model(model, out_dir / f"{name}.safetensors", {"name": f"dna_{name}"})
     time_s = stats["training_time_s"]
+    clean = cfg.train_split != "all"
+    rows = "all DHS rows" if not clean else f"the {cfg.train_split} rows (no validation or test chromosome)"
     card = {
-        "name": "generator",
-        "description": "MDLM denoiser (DRAKES dilated-CNN family), time-unconditioned, pretrained on all DHS rows",
+        "name": name,
+        "description": f"MDLM denoiser (DRAKES dilated-CNN family), time-unconditioned, pretrained on {rows}",
         "class": "DNAConvDenoiser",
         "model_config": model.config,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "train_config": asdict(cfg),
-        "data": {"sha256": data.sha256, "rows": "all", "num_train": len(data.tokens)},
+        "data": {"sha256": data.sha256, "rows": cfg.train_split, "num_train": len(data.split(cfg.train_split))},
         "training_time_s": {"wall": round(time_s["wall"], 1), "process_cpu": round(time_s["process_cpu"], 1)},
         "final_train_nelbo_bits_per_base": stats["final_train_nelbo_bits_per_token"],
         "heldout": {
-            "note": "the generator is trained on all rows (as DRAKES); these chromosomes are in its training set",
+            "note": "held-out chromosomes: never seen in training"
+            if clean
+            else "the generator is trained on all rows (as DRAKES); these chromosomes are in its training set",
             "nelbo_bits_per_base": heldout,
             "num_sequences": cfg.eval_sequences,
             "draws_per_sequence": cfg.eval_draws,
         },
         "environment": environment(threads),
     }
-    write_card(out_dir, "generator", card)
+    write_card(out_dir, name, card)
     return model, card
 
 

@@ -60,12 +60,6 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _train_rows(data: DHSData, split: str) -> np.ndarray:
-    if split == "train_all":
-        return np.concatenate([data.split("half_a"), data.split("half_b")])
-    return data.split(split)
-
-
 def _build_classifier(cfg: ClassifierConfig) -> nn.Module:
     if cfg.model == "cnn":
         return DilatedCNNClassifier(**cfg.model_kwargs)
@@ -105,7 +99,7 @@ def train_classifier(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = _build_classifier(cfg)
-    rows = _train_rows(data, cfg.train_split)
+    rows = data.split(cfg.train_split)
     if cfg.max_train_rows is not None:
         rows = np.sort(
             np.random.default_rng(cfg.seed).choice(rows, min(cfg.max_train_rows, len(rows)), replace=False)

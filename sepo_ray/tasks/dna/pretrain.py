@@ -1,18 +1,22 @@
 """Train the DNA task's shipped models: ``python -m sepo_ray.pretrain dna [--only NAME] [--output DIR]``.
 
-Five models, each written as ``NAME.safetensors`` + ``NAME.json`` (a card: data SHA-256, config, training time,
+Seven models, each written as ``NAME.safetensors`` + ``NAME.json`` (a card: data SHA-256, config, training time,
 held-out figures) in ``--output`` (default ``pretrained/dna`` under the current directory; the shipped
 artifacts in the package are never written over):
 
 - ``generator``: the MDLM denoiser (:class:`~sepo_ray.tasks.dna.models.DNAConvDenoiser`), trained with the continuous-time
   MDLM loss on all 47,872 DHS sequences (as DRAKES pretrains on all of its data), random reverse complements;
+- ``generator_v2``: the same recipe on the training chromosomes only (no validation or test row), the generator
+  of the evaluation protocol;
 - ``ft_oracle``: 4-way cell-type :class:`~sepo_ray.tasks.dna.classifiers.DilatedCNNClassifier` on chromosome half A;
 - ``eval_oracle``: 4-way cell-type :class:`~sepo_ray.tasks.dna.classifiers.KmerMLPClassifier` on chromosome half B
   (a different model family, App. E.2 uses two oracles on disjoint chromosome halves);
 - ``accessibility``: binary :class:`~sepo_ray.tasks.dna.classifiers.DilatedCNNClassifier`, real DHS vs. dinucleotide-shuffled
   DHS (fresh shuffles each epoch), on all training chromosomes (ATAC-Acc, evaluation only);
 - ``ft_accessibility``: the same task for a :class:`~sepo_ray.tasks.dna.classifiers.KmerMLPClassifier` on chromosome
-  half A — the accessibility guard that a fine-tuning reward may use (never the evaluation classifier).
+  half A — the accessibility guard that a fine-tuning reward may use (never the evaluation classifier);
+- ``atac_v2``: the ``accessibility`` recipe on chromosome half B only — the protocol's ATAC classifier, disjoint from
+  the guard in rows and in model family.
 
 Oracles keep the epoch with the best validation (chr2) AUROC and report the test (chr1) figures.
 Runs are seeded and deterministic for a given seed and thread count (``--threads``, default 1).
@@ -43,11 +47,15 @@ from .oracle_training import (
     train_classifier,
 )
 
-MODEL_NAMES = ("generator", "ft_oracle", "eval_oracle", "accessibility", "ft_accessibility")
+GENERATORS = ("generator", "generator_v2")
+MODEL_NAMES = (*GENERATORS, "ft_oracle", "eval_oracle", "accessibility", "ft_accessibility", "atac_v2")
 
 
 CONFIGS: dict[str, GeneratorConfig | ClassifierConfig] = {
     "generator": GeneratorConfig(),
+    # the clean generator of the evaluation protocol: the same recipe on the training chromosomes only, so that the
+    # test rows behind 3-mer correlation and likelihood (and the validation rows behind selection) are unseen
+    "generator_v2": GeneratorConfig(train_split="train_all"),
     "ft_oracle": ClassifierConfig(
         model="cnn",
         model_kwargs={"num_classes": 4, "hidden_dim": 64, "dilations": [1, 2, 4, 8], "dropout": 0.1},
@@ -84,6 +92,18 @@ CONFIGS: dict[str, GeneratorConfig | ClassifierConfig] = {
         task="accessibility",
         seed=4,
     ),
+    # the evaluation's ATAC classifier of the protocol: chromosome half B only and the CNN family, disjoint in
+    # both from the guard above (k-mer MLP, half A), so that a policy steered by the guard is judged by a model that
+    # shares neither its rows nor its inductive bias
+    "atac_v2": ClassifierConfig(
+        model="cnn",
+        model_kwargs={"num_classes": 1, "hidden_dim": 64, "dilations": [1, 2, 4, 8], "dropout": 0.1},
+        train_split="half_b",
+        epochs=2,
+        lr=2e-3,
+        task="accessibility",
+        seed=5,
+    ),
 }
 
 
@@ -119,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CONFIGS[name]
         if args.seed is not None:
             cfg = type(cfg)(**{**asdict(cfg), "seed": args.seed})
-        if name == "generator":
-            train_generator(data, cfg, out_dir, args.threads, log)
+        if name in GENERATORS:
+            train_generator(data, cfg, out_dir, args.threads, log, name=name)
         else:
             train_classifier(data, name, cfg, out_dir, args.threads, log)
     return 0
@@ -128,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "CONFIGS",
+    "GENERATORS",
     "DEFAULT_OUTPUT",
     "MODEL_NAMES",
     "ClassifierConfig",

@@ -129,11 +129,14 @@ class DHSData:
         return self.cell_type == HEPG2
 
     def split(self, name: str) -> np.ndarray:
-        """Row indices (int64, sorted) of a split: one of ``half_a``, ``half_b``, ``validation``, ``test``, ``all``."""
+        """Row indices (int64) of a split: one of ``half_a``, ``half_b``, ``validation``, ``test`` (sorted),
+        ``train_all`` (half A then half B: every chromosome but the validation and test ones), ``all``."""
         if name == "all":
             return np.arange(len(self))
+        if name == "train_all":
+            return np.concatenate([self.split("half_a"), self.split("half_b")])  # this order, as trained
         if name not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS) + ['all']}, got {name!r}")
+            raise ValueError(f"split must be one of {sorted(SPLITS) + ['train_all', 'all']}, got {name!r}")
         if name not in self._split_cache:
             self._split_cache[name] = np.flatnonzero(np.isin(self.chrom, SPLITS[name]))
         return self._split_cache[name]
