@@ -19,8 +19,8 @@ TAGS = {
     "reward_median": "sepo/reward_median",
     "kl": "sepo/kl",
     "clip_frac": "sepo/clip_frac",
-    "heldout_score": "sepo/heldout_score",
-    "heldout_realism": "sepo/heldout_realism",
+    "validation_score": "sepo/validation_score",
+    "validation_realism": "sepo/validation_realism",
     "time_s": "time/iteration_s",
     "oracle_calls": "calls/oracle_calls",
 }
@@ -30,7 +30,7 @@ CALLS = "num_env_steps_sampled_lifetime"
 
 def history_row(result: Mapping, iteration: int, seconds: float) -> dict:
     """One line of a run's history from an iteration's RLlib result: rewards, KL, clip fraction, time, oracle
-    calls spent so far, and the held-out scores and the critic's fit when present."""
+    calls spent so far, and the validation signal and the critic's fit when present."""
     sepo_res = result.get("sepo", {})
     row = {"iteration": int(iteration)}
     for key in ("reward_mean", "reward_median", "kl", "clip_frac"):
@@ -39,7 +39,7 @@ def history_row(result: Mapping, iteration: int, seconds: float) -> dict:
     if CALLS in result:
         row["oracle_calls"] = int(result[CALLS])
     for key, value in sepo_res.items():
-        if key.startswith(("heldout_", "critic_", "async_")):
+        if key.startswith(("validation_", "critic_", "async_")):
             row[key] = float(value)
     return row
 
@@ -73,7 +73,7 @@ class CurveWriter:
 
 
 def plot_curves(history: Sequence[Mapping], path: str | Path, title: str = "") -> Path | None:
-    """``curves.png``: reward (mean, median), path KL, clip fraction and, when measured, the held-out score and
+    """``curves.png``: reward (mean, median), path KL, clip fraction and, when measured, the validation score and
     realism, against the oracle calls spent. None when the history is empty."""
     if not history:
         return None
@@ -86,7 +86,7 @@ def plot_curves(history: Sequence[Mapping], path: str | Path, title: str = "") -
     xlabel = "reward-oracle calls" if "oracle_calls" in history[0] else "iteration"
     panels = [("reward", ["reward_mean", "reward_median"]), ("path KL to the pretrained model", ["kl"]),
               ("clip fraction", ["clip_frac"])]  # fmt: skip
-    heldout = [k for k in ("heldout_score", "heldout_realism") if any(k in h for h in history)]
+    heldout = [k for k in ("validation_score", "validation_realism") if any(k in h for h in history)]
     panels += [(k.replace("_", " "), [k]) for k in heldout]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (label, keys) in zip(axes[0], panels):

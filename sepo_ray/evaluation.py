@@ -133,7 +133,7 @@ def evaluate_rows(
     """Metrics of every row over seeds, and all sequences with their scores.
 
     ``prompts`` (K, P): the pool a task with prompts draws each seed's prompts from (default its held-out prompts).
-    Returns (metrics {row: {metric: {"mean", "std"}}} in the scorer's metric order, DataFrame with columns row,
+    Returns (metrics {row: {metric: {"mean", "std", "values" (per seed)}}} in the scorer's metric order, DataFrame with columns row,
     seed, for a task with prompts prompt and completion, sequence (the whole text) and the scorer's per-sequence
     scores).
     """
@@ -181,7 +181,10 @@ def evaluate_rows(
             outer.update(1)
     outer.close()
     metrics = {
-        name: {key: mean_std([m[key] for m in runs]) for key in scorer.metric_labels}
+        name: {
+            key: {**mean_std([m[key] for m in runs]), "values": [float(m[key]) for m in runs]}
+            for key in scorer.metric_labels
+        }
         for name, runs in per_row.items()
     }
     samples = pd.concat(frames, ignore_index=True)
@@ -189,7 +192,7 @@ def evaluate_rows(
         for name in rows:
             wins = win_rates(samples, name, "pretrained", scorer.paired_score)
             if wins:  # a row that does not pair with the pretrained one has no win rate
-                metrics[name]["win_rate"] = mean_std(wins)
+                metrics[name]["win_rate"] = {**mean_std(wins), "values": wins}
     return metrics, samples
 
 

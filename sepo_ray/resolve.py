@@ -144,6 +144,16 @@ def _checked(values: Mapping[str, Any], label: Callable[[str], str]) -> dict[str
     return dict(values)
 
 
+def machine_threads() -> int:
+    """The CPUs this process may run on (what ``torch_threads`` 0 stands for)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def resolve_settings(
     task,
     *,
@@ -194,6 +204,9 @@ def resolve_settings(
                 values[name], sources[name] = value, source
         if values["reward"] is None:
             values["reward"], sources["reward"] = task.default_reward, f"task {task.name} (default reward)"
+        if not values["torch_threads"]:  # pinned: the same count in every process, recorded with the run
+            values["torch_threads"] = machine_threads()
+            sources["torch_threads"] = f"{sources['torch_threads']}: 0 = this machine's CPUs"
     where = lambda n: f"{n}={values[n]!r} ({sources[n]})"  # noqa: E731
     check_rules(values, task, where)
     if (

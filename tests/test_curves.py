@@ -25,11 +25,11 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_history_rows_and_their_tags():
-    result = {"sepo": {"reward_mean": 0.5, "reward_median": 0.4, "kl": 0.1, "clip_frac": 0.0, "heldout_score": 1.5,
+    result = {"sepo": {"reward_mean": 0.5, "reward_median": 0.4, "kl": 0.1, "clip_frac": 0.0, "validation_score": 1.5,
                        "critic_value_loss": 2.0, "reward_max": 9.0}, "num_env_steps_sampled_lifetime": 64}  # fmt: skip
     row = history_row(result, 2, 3.25)
     assert row == {"iteration": 2, "reward_mean": 0.5, "reward_median": 0.4, "kl": 0.1, "clip_frac": 0.0,
-                   "time_s": 3.25, "oracle_calls": 64, "heldout_score": 1.5, "critic_value_loss": 2.0}  # fmt: skip
+                   "time_s": 3.25, "oracle_calls": 64, "validation_score": 1.5, "critic_value_loss": 2.0}  # fmt: skip
     tags = scalars({**row, "kl": float("nan")})
     assert "sepo/kl" not in tags and tags["sepo/critic_value_loss"] == 2.0
     assert tags["calls/oracle_calls"] == 64 and set(tags) <= {*TAGS.values(), "sepo/critic_value_loss"}
@@ -37,7 +37,7 @@ def test_history_rows_and_their_tags():
 
 def test_curves_png_of_a_history(tmp_path):
     history = [{"iteration": i, "reward_mean": i / 10, "reward_median": i / 9, "kl": 0.1 * i, "clip_frac": 0.0,
-                "oracle_calls": 8 * i, "heldout_score": -1.0 + i / 5} for i in range(1, 5)]  # fmt: skip
+                "oracle_calls": 8 * i, "validation_score": -1.0 + i / 5} for i in range(1, 5)]  # fmt: skip
     assert plot_curves(history, tmp_path / "curves.png").stat().st_size > 10_000
     assert plot_curves([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 

@@ -47,7 +47,8 @@ def test_evaluate_rows_and_outputs(tiny_generator, tmp_path):
     assert list(metrics) == list(rows)
     for row in metrics.values():
         assert tuple(row) == METRIC_KEYS
-        assert all(set(v) == {"mean", "std"} and np.isfinite(v["mean"]) for v in row.values())
+        assert all(set(v) == {"mean", "std", "values"} and np.isfinite(v["mean"]) for v in row.values())
+        assert all(len(v["values"]) == 2 for v in row.values())  # per seed, for intervals and paired verdicts
     assert metrics["fixed"]["kmer3_corr"]["std"] == 0.0  # same sequences for both seeds
     assert list(samples.columns) == [
         "row",
@@ -114,7 +115,8 @@ def test_generic_scorer_table_and_paired_win_rates(tmp_path):
     metrics, samples = evaluation.evaluate_rows(
         task, rows, seeds=(0, 1), num_samples=5, steps=2, scorer=scorer
     )
-    assert metrics["all_a"]["reward_mean"] == {"mean": 1.0, "std": 0.0} and "win_rate" not in metrics["all_a"]
+    assert metrics["all_a"]["reward_mean"] == {"mean": 1.0, "std": 0.0, "values": [1.0, 1.0]}
+    assert "win_rate" not in metrics["all_a"]
     out = evaluation.write_outputs(tmp_path / "toy", metrics, samples, scorer)
     assert "| all_a | 1.000 (0.000) |" in (out / "table.md").read_text()
     scorer.paired_score = "reward"  # the instance only: pair each sequence with the pretrained one

@@ -94,7 +94,7 @@ def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, mo
 
     samples = pd.read_parquet(tmp_path / "samples.parquet")
     assert samples.groupby("row").size().to_dict() == dict.fromkeys(names, 32)
-    assert "At 32 calls the best row by reward (mean)" in (tmp_path / "table.md").read_text()
+    assert "At 32 calls the best mean reward (mean)" in (tmp_path / "table.md").read_text()
 
     def refuse(*args, **kwargs):
         raise AssertionError("evaluated or trained again")
@@ -231,7 +231,7 @@ def test_every_entry_gets_the_same_search():
             assert getattr(spec, key) == getattr(first, key), key
     assert first.scheduler.time_attr == "num_env_steps_sampled_lifetime" == TUNE_CLOCK
     assert (first.scheduler.max_t, first.scheduler.grace_period) == (64, 16) and first.stop == {}
-    assert first.select_min == {"sepo/heldout_realism": 0.85}
+    assert first.select_min == {"sepo/validation_realism": 0.85}
     assert [p.field for p in first.search_space] == ["kl_alpha", "lr"]
     dna = tuning_sweep(get_task("dna"), entries["trajectory"], {}, ["kl_alpha"], 2, 0, 64, 0.9, 64, 2)
     assert dna.base_config["reward"] == "dna_ft" == get_task("dna").default_reward  # the benchmark's reward
@@ -242,7 +242,7 @@ def test_realism_thresholds_come_from_the_task(tmp_path):
     from sepo_ray.tasks import get_task
 
     dna, toy = get_task("dna"), get_task("toy")
-    assert dna.heldout_realism_min > 0 and toy.heldout_realism_min == 0
+    assert dna.validation_realism_min > 0 and toy.validation_realism_min == 0
     exp = prepare(
         "dna", tmp_path, ["pretrained"], [64], [0], design_size=8, design_batches=1, references=False
     )
@@ -276,6 +276,20 @@ def test_frontier_rows_spend_their_budget_and_a_rerun_evaluates_nothing(
     combo = rows[("finetuned_best_of_n", 64)]
     assert combo["calls"] == {"fine_tuning": 32, "selection": 32} and combo["config"]["n"] == 4
     assert combo["config"]["base_entry"] == "sepo" and combo["config"]["iterations"] == 4
+    assert combo["config"]["chosen_by"] == "validation"  # never the evaluation rows
+    # the protocol: 95 % intervals next to every mean, the seeds, the K-design cost axis
+    protocol = report["protocol"]
+    assert protocol["report_seeds"] == [0, 1] and protocol["tuning_seeds"] == [] and protocol["exploratory"]
+    assert protocol["designs"] == [64, 640, 6400] and protocol["tuning_calls"]["sepo"] == 0
+    for row in report["rows"]:
+        for m in row["metrics"].values():
+            assert len(m["ci95"]) == 2 and len(m["values"]) == 2
+            assert m["ci95"][0] <= m["mean"] <= m["ci95"][1] or m["ci95"][0] != m["ci95"][0]
+    assert set(report["winners_by_designs"]) == {"64", "640", "6400"}
+    # best-of-N pays per design: 6,400 designs at 4 calls each are 25,600 calls, far over sepo's 64
+    w = report["winners_by_designs"]["6400"]
+    assert w["budget_calls"] == 64 and not any(e["method"] == "best_of_n" for e in w["entries"])
+    assert "Exploratory" in (tmp_path / "table.md").read_text()
     record = json.loads((tmp_path / "runs" / "sepo" / "seed1" / "result.json").read_text())
     assert [c.rsplit("_", 1)[1] for c in record["checkpoints"]] == ["0002", "0004", "0006", "0008"]
     assert record["sources"]["kl_alpha"] == "--set" and record["sources"]["reward"] != "--set"
@@ -317,6 +331,7 @@ def test_tuning_writes_its_choice_and_the_runs_use_it(ray_session, tmp_path, mon
     (spec,) = searched
     assert spec.num_samples == 3 and [p.field for p in spec.search_space] == ["kl_alpha"]  # lr fixed by --set
     assert spec.scheduler.max_t == 16 and spec.base_config["lr"] == 1e-3
+    assert spec.base_config["seed"] == 1000 and spec.select_metric == "sepo/validation_score"  # a tuning seed
     assert "tuned sepo: {'kl_alpha': 0.05} (tune)" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "comparison.json").exists()
     assert frontier_main(args) == 0 and len(searched) == 1  # the experiment reuses the search it tuned
@@ -327,6 +342,11 @@ def test_tuning_writes_its_choice_and_the_runs_use_it(ray_session, tmp_path, mon
     assert (record["settings"]["lr"], record["sources"]["lr"]) == (1e-3, "--set")
     report = json.loads((tmp_path / "comparison.json").read_text())
     assert report["rows"][0]["config"]["kl_alpha"] == 0.05 and report["tuning"]["sepo"]["source"] == "tune"
+    # every call the tuning spent is charged to the method: the trial's 16 sequences
+    assert report["protocol"]["tuning_calls"] == {"sepo": 16} and report["rows"][0]["tuning_calls"] == 16
+    assert report["protocol"]["tuning_seeds"] == [1000] and report["protocol"]["tuned_horizon_calls"] == 16
+    assert frontier_main([*args, "--tuning-seed", "0"]) == 2  # a seed that tunes is never reported
+    assert "would both tune and be reported" in capsys.readouterr().err
     capsys.readouterr()
     assert frontier_main(args) == 0 and len(searched) == 1  # the same search: reused, not run again
     assert "tuning sepo: reusing" in capsys.readouterr().out

@@ -114,7 +114,7 @@ def submit(address: str, args: list[str]) -> subprocess.CompletedProcess:
         ("toy", []),
         # the text path end to end (SEDD generator, prompts, GPT-2 reward actor) at its smallest: T = 4, one
         # iteration of 2 prompts x 2 completions, no held-out evaluation
-        ("text", ["--set", "denoise_steps=4", "--set", "heldout_eval_interval=0"]),
+        ("text", ["--set", "denoise_steps=4", "--set", "validation_interval=0"]),
     ],
 )
 def test_ray_job_submit_runs_sepo(head_address, tmp_path, task, extra):

@@ -146,9 +146,11 @@ def test_dna_task_interface(heldout):
     np.testing.assert_allclose(resolve_reward(task.default_reward)(seqs), get_oracle("dna_ft")(x), rtol=1e-6)
     assert torch.equal(task.encode(seqs), x)
     assert task.build_denoiser()(torch.full((1, task.length), task.num_tokens)).shape == (1, 200, 4)
-    held = task.heldout(seqs)
-    assert set(held) == {"heldout_score", "heldout_realism"}
-    assert held["heldout_score"] == pytest.approx(float(np.median(get_oracle("dna_eval")(x))), rel=1e-6)
+    held = task.validation(seqs)
+    assert set(held) == {"validation_score", "validation_realism"}
+    assert held["validation_score"] == pytest.approx(
+        float(np.median(get_oracle("dna_ft")(x))), rel=1e-6
+    )  # the training oracle, never the evaluation one
     sampled = task.sample(task.build_denoiser(), 4, 2, seed=0)
     assert sampled == task.sample(task.build_denoiser(), 4, 2, seed=0) and all(len(s) == 200 for s in sampled)
 

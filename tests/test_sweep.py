@@ -56,7 +56,7 @@ def test_shipped_sweep_files_validate_against_sepo_config():
     cluster = load_sweep_spec(CLUSTER_FILE)
     for spec in (cpu, cluster):
         assert spec.scheduler.type == "asha" and spec.scheduler.time_attr == "time_total_s"
-        assert spec.metric == "sepo/reward_mean" and spec.select_metric == "sepo/heldout_score"
+        assert spec.metric == "sepo/reward_mean" and spec.select_metric == "sepo/validation_score"
         assert {"clip_eps", "kl_alpha", "snis_samples", "denoise_steps"} <= set(spec.searched_fields)
 
 
@@ -283,9 +283,9 @@ def _hist(n, dt, reward, heldout_every=0, heldout=lambda i: None):
     for i in range(1, n + 1):
         row = {"training_iteration": i, "time_total_s": i * dt, "sepo/reward_mean": reward(i)}
         if heldout_every and i % heldout_every == 0:
-            row["sepo/heldout_score"] = heldout(i)
+            row["sepo/validation_score"] = heldout(i)
         elif heldout_every:
-            row["sepo/heldout_score"] = float("nan")  # how a dataframe fills the gaps
+            row["sepo/validation_score"] = float("nan")  # how a dataframe fills the gaps
         rows.append(row)
     return rows
 
@@ -307,7 +307,7 @@ def test_summaries_handle_sparse_heldout_and_early_stops(tmp_path):
         {"trial_id": "e", "status": "TERMINATED", "config": {"clip_eps": 0.15}, "history": []},
     ]  # fmt: skip
     rows = {r["trial_id"]: summarize_trial(r, spec) for r in records}
-    held = "sepo/heldout_score"
+    held = "sepo/validation_score"
     assert rows["a"]["metrics"][held] == {"last": 2.0, "best": 2.0, "num_reports": 5}
     assert rows["a"]["metrics"]["sepo/reward_mean"]["last"] == pytest.approx(1.0)
     assert not rows["a"]["stopped_early"]
@@ -343,7 +343,7 @@ def test_best_falls_back_to_reward_when_nothing_reported_heldout():
 
 
 def test_select_min_guards_keep_reward_hackers_out():
-    real = "sepo/heldout_realism"
+    real = "sepo/validation_realism"
     spec = parse_sweep_spec(
         minimal(scheduler={"max_t": 10, "grace_period": 1}, select_min={real: 0.8}), FIELDS
     )
@@ -368,7 +368,7 @@ def test_select_min_guards_keep_reward_hackers_out():
     assert report["best"]["trial_id"] == "good" and report["num_below_select_min"] == 1
     assert report["num_unchecked_select_min"] == 1
     text = sweep.format_report(report)
-    assert "[below select_min]" in text and "heldout_realism=0.1" in text
+    assert "[below select_min]" in text and "validation_realism=0.1" in text
     assert "[select_min metric not reported]" in text
     # without the guard the oracle-fooling trial wins
     assert sweep_report(_spec(), records)["best"]["trial_id"] == "hack"
@@ -420,7 +420,7 @@ class StandInSEPO(tune.Trainable):
             raise RuntimeError("simulated lost worker")
         out = {"sepo": {"reward_mean": self.reward, "kl": 0.01}, "num_env_steps_sampled_lifetime": 8 * i}
         if i % 2 == 0:
-            out["sepo"]["heldout_score"] = self.reward / 2
+            out["sepo"]["validation_score"] = self.reward / 2
         return out
 
     def save_checkpoint(self, checkpoint_dir):
@@ -476,12 +476,12 @@ def test_sweep_runs_asha_on_its_clock_and_writes_sweep_json(
     assert data["num_trials"] == 4 and data["num_terminated"] == 4
     assert data["num_stopped_early"] >= 1  # 0.05 and 0.1 fall below the running median
     assert data["best"]["config"] == {"clip_eps": 0.3}
-    assert data["best"]["selected_by"] == "sepo/heldout_score"
+    assert data["best"]["selected_by"] == "sepo/validation_score"
     for row in data["trials"]:
         assert row["metrics"][clock] >= spec.scheduler.grace_period
         assert row["stopped_early"] == (row["metrics"][clock] < spec.scheduler.max_t)
     out = capsys.readouterr().out
-    assert "Best config by sepo/heldout_score" in out and "clip_eps" in out
+    assert "Best config by sepo/validation_score" in out and "clip_eps" in out
     # a second run into the same directory must not silently mix two experiments
     with pytest.raises(ValueError, match="--resume"):
         run_sweep(spec, tmp_path / "out", trainable=StandInSEPO, verbose=0)
@@ -534,9 +534,9 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
         scheduler={"type": "asha", "time_attr": "time_total_s", "max_t": 8, "grace_period": 2,
                    "reduction_factor": 2},
     )  # fmt: skip
-    raw["base_config"].update(prompts_per_batch=2, group_size=2, heldout_eval_interval=2, heldout_samples=8)
+    raw["base_config"].update(prompts_per_batch=2, group_size=2, validation_interval=2, validation_samples=8)
     raw["search_space"]["denoise_steps"] = {"choice": [4, 8]}
-    raw["select_min"] = {"sepo/heldout_realism": -1.0}  # 8 samples: too few for the shipped bound
+    raw["select_min"] = {"sepo/validation_realism": -1.0}  # 8 samples: too few for the shipped bound
     spec = parse_sweep_spec(raw)
     report = run_sweep(spec, tmp_path / "out", verbose=1)
     assert (tmp_path / "out" / "sweep.json").is_file()
@@ -546,12 +546,12 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
     assert set(report["best"]["config"]) == set(spec.searched_fields)
     # the realism score is reported with every held-out evaluation, on the same samples
     for t in report["trials"]:
-        held, real = t["metrics"]["sepo/heldout_score"], t["metrics"]["sepo/heldout_realism"]
+        held, real = t["metrics"]["sepo/validation_score"], t["metrics"]["sepo/validation_realism"]
         assert real["num_reports"] == held["num_reports"]
         assert t["meets_select_min"] is (True if held["num_reports"] else None)
         if real["last"] is not None:
             assert -1.0 <= real["last"] <= 1.0
-    assert any(t["metrics"]["sepo/heldout_realism"]["num_reports"] for t in report["trials"])
+    assert any(t["metrics"]["sepo/validation_realism"]["num_reports"] for t in report["trials"])
     # every trial writes the curves a run writes: the same tags against the oracle calls spent
     from tests.test_curves import read_scalars
 
@@ -637,7 +637,7 @@ def test_text_sweep_file_parses_fits_two_cores_and_passes_its_dry_run(monkeypatc
     spec = load_sweep_spec(TEXT_FILE)
     sweep.check_against_config(spec, SEPOConfig)
     assert spec.base_config["task"] == "text" and set(spec.searched_fields) == {"kl_alpha", "lr"}
-    assert spec.select_metric == "sepo/heldout_score" and "sepo/heldout_realism" in spec.select_min
+    assert spec.select_metric == "sepo/validation_score" and "sepo/validation_realism" in spec.select_min
     assert spec.resources == {"num_cpus": 2, "num_gpus": 0} and spec.max_concurrent_trials <= 2
     rounds = math.ceil(spec.num_trials / spec.max_concurrent_trials)
     assert rounds * spec.scheduler.max_t <= 600 and spec.time_budget_s <= 15 * 60

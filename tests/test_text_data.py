@@ -69,8 +69,8 @@ def test_split_is_a_deterministic_hash_holding_out_about_ten_percent(reviews):
     assert len(heldout) == (reviews.split == "heldout").sum() and (heldout.split == "heldout").all()
     assert reviews.loc[heldout.index, "text"].equals(heldout.text)  # index = position in imdb_reviews()
     assert not set(heldout.text) & set(D.imdb_split("train").text)  # duplicated reviews share a split
-    with pytest.raises(ValueError, match="valid splits: train, heldout"):
-        D.imdb_split("test")
+    with pytest.raises(ValueError, match="valid splits: train, heldout, validation, test"):
+        D.imdb_split("dev")
 
 
 # ----------------------------------------------------------------------------------------- compact vocabulary
@@ -157,16 +157,16 @@ def test_corpus_tokens_vocab_and_training_sequences_are_cached(small_corpus, rev
 # ------------------------------------------------------------------------------------------------- prompts
 
 
-def test_prompts_are_seeded_openings_of_heldout_reviews_in_the_token_range():
+def test_prompts_are_seeded_openings_of_test_reviews_in_the_token_range():
     tok = D.gpt2_tokenizer()
-    ps = D.prompts(count=200, seed=0)
+    ps = D.prompts(count=200, seed=0)  # the default split: test (the evaluation's)
     assert len(ps) == len(set(ps)) == 200
     lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in ps]
     assert min(lengths) >= 8 and max(lengths) <= 16 and len(set(lengths)) > 5
-    heldout = set(D.imdb_split("heldout").text)
+    test = set(D.imdb_split("test").text)
     train_texts = D.imdb_split("train").text
     for p in ps[:20]:
-        assert any(t.startswith(p) for t in heldout) and not p.endswith(" ")
+        assert any(t.startswith(p) for t in test) and not p.endswith(" ")
     assert not train_texts.str.startswith(ps[0]).all()
     assert D.prompts(count=50, seed=0) == ps[:50]  # deterministic; a smaller count is a prefix
     assert D.prompts(count=50, seed=1) != ps[:50]

@@ -77,10 +77,10 @@ def test_full_gpt2_vocabulary_and_prompts():
     assert ids.shape == (1, 128) and 50256 in ids[0].tolist() and (ids[0, 16:] == MASK).all()
     assert task.decode(ids) == [text]
     assert task.vocab.decode(torch.tensor([40, MASK, 716])) == "I <mask> am"
-    held = task.prompts("heldout")  # (num, 32)
+    held = task.prompts("test")  # (num, 32)
     assert held.shape[1] == 32 and (held[:, 16:] == MASK).all() and (held[:, 0] < MASK).all()
-    assert task.decode(held) == prompted_reviews("heldout")[0]  # text's openings, every token kept
-    assert held.shape[0] == get_task("text").prompts("heldout").shape[0]  # the same pool, the same draws
+    assert task.decode(held) == prompted_reviews("test")[0]  # text's openings, every token kept
+    assert held.shape[0] == get_task("text").prompts("test").shape[0]  # the same pool, the same draws
     cond = task.evaluation_prompts(0, 5)  # (5, 32)
     assert cond.shape == (5, 32) and cond.dtype == torch.long
     assert ((cond < MASK) | (cond == MASK)).all() and (cond[:, 0] < MASK).all()

@@ -31,7 +31,7 @@ def tiny_generator(tmp_path_factory):
 
 def test_prompts_and_vocabulary():
     task = get_task("text")
-    held, train = task.prompts("heldout"), task.prompts("train")
+    held, train = task.prompts("test"), task.prompts("train")
     assert held.shape[1] == train.shape[1] == task.prompt_length == 16
     assert ((held != task.num_tokens).sum(1) >= 1).all()  # no empty prompt
     text = task.decode(held[:3])
@@ -48,7 +48,7 @@ def test_diversity_metrics_by_hand():
 def test_sedd_generator_as_masked_denoiser_samples_after_the_prompt(tiny_generator):
     task = get_task("text")
     model = task.build_denoiser(tiny_generator)
-    prompt = task.prompts("heldout")[:4]
+    prompt = task.prompts("test")[:4]
     from sepo_ray import diffusion
 
     x = diffusion.sample(

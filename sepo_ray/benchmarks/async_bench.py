@@ -8,7 +8,7 @@ default reward behind a stand-in latency (:class:`DelayedReward`: a real oracle 
 model, a wet-lab simulator); the synchronous one with ``max_staleness`` 0, the asynchronous one with 2. After
 one warm-up iteration each runs the same number of updates; calls per second = the oracle calls charged during
 them (every sequence sampled, used or not) / their wall time. ``speedup[latency]`` = asynchronous /
-synchronous calls per second (> 1: faster); ``used_speedup`` the same for the sequences the updates used. The held-out score and realism are the task's (64 fresh samples
+synchronous calls per second (> 1: faster); ``used_speedup`` the same for the sequences the updates used. The validation score and realism are the task's (64 fresh samples
 after the last update): one seed, a first reading, not a comparison.
 """
 
@@ -46,7 +46,7 @@ dna_reward_0s, dna_reward_0_5s, dna_reward_2s = DelayedReward(0.0), DelayedRewar
 REWARDS = {0.0: "dna_reward_0s", 0.5: "dna_reward_0_5s", 2.0: "dna_reward_2s"}
 
 
-def measure(settings, iterations: int, heldout_samples: int) -> dict:
+def measure(settings, iterations: int, validation_samples: int) -> dict:
     """Oracle calls per second over ``iterations`` updates after one warm-up, and the held-out figures after."""
     from sepo_ray.rllib import SEPOConfig
 
@@ -58,7 +58,7 @@ def measure(settings, iterations: int, heldout_samples: int) -> dict:
             result = algo.train()
         wall = time.perf_counter() - start
         calls = int(result["num_env_steps_sampled_lifetime"]) - calls0
-        heldout = algo.heldout_metrics(num_samples=heldout_samples, seed=0)
+        heldout = algo.validation_metrics(num_samples=validation_samples, seed=0)
         staleness = float(result.get("sepo", {}).get("async_staleness_mean", 0.0))
     finally:
         algo.stop()

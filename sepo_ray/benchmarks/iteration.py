@@ -56,7 +56,7 @@ def split_iterations(settings, iterations: int) -> list[dict]:
         learner = algo.learner_group._learner  # in process: num_learners = 0
         env = algo.env_runner.env.unwrapped
         algorithm_module.sample_sync = _timed(sample_sync, seconds, "sampling")
-        algo.heldout_metrics = _timed(algo.heldout_metrics, seconds, "evaluation")
+        algo.validation_metrics = _timed(algo.validation_metrics, seconds, "evaluation")
         algo.env_runner_group.sync_weights = _timed(algo.env_runner_group.sync_weights, seconds, "broadcast")
         algo.learner_group.update = _timed(algo.learner_group.update, seconds, "learner_update")
         env._score = _timed(env._score, seconds, "reward")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sepo_ray.methods import COMPARE_METHODS, FRONTIER_METHODS, METHODS
+from sepo_ray.protocol import DESIGNS, TUNING_SEED
 
 DEFAULTS = {
     "compare": {"methods": COMPARE_METHODS, "budgets": None, "tune_trials": 0, "references": True},
@@ -76,9 +77,12 @@ def parser(command: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--alphas", default=None, help="comma-separated KL weights: every fine-tuning method at each"
     )
-    p.add_argument(
-        "--seeds", default="0,1,2", help="training seeds of fine-tuned rows, sampling seeds of others"
-    )
+    p.add_argument("--seeds", default=None, help="training seeds of fine-tuned rows, sampling seeds of others "
+                   "(default 0..n-1 with n the task's min_report_seeds: 5 for DNA, 3 for text; fewer is marked "
+                   "exploratory)")  # fmt: skip
+    p.add_argument("--designs", default=",".join(map(str, DESIGNS)),
+                   help="numbers of designs K the report prices: total calls = tuning + training + K x calls per "
+                   "design, and the winner at each K")  # fmt: skip
     p.add_argument("--design-size", type=int, default=64, help="sequences per design batch (D)")
     p.add_argument("--design-batches", type=int, default=10, help="design batches per seed and row")
     p.add_argument(
@@ -92,13 +96,17 @@ def parser(command: str) -> argparse.ArgumentParser:
         "--tune-trials", type=int, default=d["tune_trials"], help="Tune trials per entry (0: no tuning)"
     )
     p.add_argument("--tune-seed", type=int, default=0, help="search seed (the same for every entry)")
-    p.add_argument("--tune-calls", type=int, default=512, help="fine-tuning oracle calls per tuning trial")
+    p.add_argument("--tune-calls", type=int, default=None,
+                   help="fine-tuning oracle calls per tuning trial: the horizon tuned for (default: the largest "
+                   "budget)")  # fmt: skip
+    p.add_argument("--tuning-seed", type=int, default=TUNING_SEED,
+                   help=f"training seed of every tuning trial, never a reported seed (default {TUNING_SEED})")  # fmt: skip
     p.add_argument(
         "--tune-only", action="store_true", help="stop after tuning (DIR/tuning.json has the choices)"
     )
     p.add_argument("--tune-realism", type=float, default=None,
-                   help="held-out realism guard of tuning (default: the task's; 0: none)")  # fmt: skip
-    p.add_argument("--tune-samples", type=int, default=128, help="held-out samples per trial evaluation")
+                   help="validation realism guard of tuning (default: the task's; 0: none)")  # fmt: skip
+    p.add_argument("--tune-samples", type=int, default=128, help="validation samples per trial evaluation")
     p.add_argument("--references", action=argparse.BooleanOptionalAction, default=d["references"],
                    help="the task's rows of real data")  # fmt: skip
     p.add_argument("--svdd-candidates", type=int, default=4, help="most SVDD candidates M per scored step")
@@ -131,19 +139,27 @@ def main(argv=None, command: str = "compare") -> int:
             budgets = _ints(args.budgets, "--budgets")
         if args.tune_only and not args.tune_trials:
             raise ValueError("--tune-only needs --tune-trials >= 1")
-        realism_min = args.tune_realism if args.tune_realism is not None else task.heldout_realism_min
+        realism_min = args.tune_realism if args.tune_realism is not None else task.validation_realism_min
         tuning = Tuning(
-            args.tune_trials, args.tune_seed, args.tune_calls, realism_min, args.tune_samples, args.num_cpus
+            args.tune_trials,
+            args.tune_seed,
+            args.tune_calls,
+            realism_min,
+            args.tune_samples,
+            args.num_cpus,
+            args.tuning_seed,
         )
+        seeds = _ints(args.seeds, "--seeds") if args.seeds else list(range(task.min_report_seeds))
         if args.methods is None:
             methods = runnable(task, DEFAULTS[command]["methods"])
         else:
             methods = [m for m in args.methods.split(",") if m]
         exp = prepare(
-            args.task, args.output, methods, budgets, _ints(args.seeds, "--seeds"),
+            args.task, args.output, methods, budgets, seeds,
             args.design_size, args.design_batches, args.steps, args.elbo_steps, args.set, args.configs,
             _floats(args.alphas, "--alphas"), tuning, args.references, args.score_metric, args.realism_metric,
             args.realism_min, args.svdd_candidates, args.svdd_temperature, args.num_cpus,
+            _ints(args.designs, "--designs"),
         )  # fmt: skip
         run_experiment(exp, tune_only=args.tune_only)
     except (ValueError, FileNotFoundError) as e:

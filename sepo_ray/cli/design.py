@@ -134,7 +134,7 @@ def _prompts(task, args):
             raise ValueError(f"--prompts {args.prompts}: {e}") from None
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
-    held = task.prompts("heldout")  # (K, P)
+    held = task.prompts("test")  # (K, P)
     pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(args.seed))[: args.num_prompts]
     return held[pick]
 

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .plan import Entry, best_row, budget_iterations, checkpoint_every, final_kl, standard_errors
+from sepo_ray.protocol import TUNING_SEED
+
+from .plan import Entry, budget_iterations, checkpoint_every, final_kl, standard_errors
 from .rows import (
     best_of_n_row,
     file_hash,
@@ -26,14 +28,17 @@ from .runs import checkpoint_generator, run_dir, train_runs, wanted_settings
 @dataclass(frozen=True)
 class Tuning:
     """Equal tuning: ``trials`` Tune trials per entry (0: none), the same ``search_seed``, ASHA on ``calls``
-    fine-tuning oracle calls per trial, a held-out realism guard ``realism_min`` on ``samples`` sequences."""
+    fine-tuning oracle calls per trial (the horizon the method is tuned for; None: the experiment's largest
+    budget), selection on the validation signal with its realism guard ``realism_min`` on ``samples`` sequences,
+    every trial trained with the tuning seed ``seed`` (never a reported seed)."""
 
     trials: int = 0
     search_seed: int = 0
-    calls: int = 512
+    calls: int | None = None
     realism_min: float = 0.0
     samples: int = 128
     num_cpus: int | None = None
+    seed: int = TUNING_SEED
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Experiment:
     needed: dict = field(default_factory=dict)  # entry -> checkpoint iterations
     records: dict = field(default_factory=dict)  # entry -> {seed: record}
     svdd_calls: dict = field(default_factory=dict)
+    designs: list = field(default_factory=list)  # K: the numbers of designs the report prices
+    tuning_calls: dict = field(default_factory=dict)  # entry -> oracle calls its tuning spent
 
     @property
     def trained(self) -> list[Entry]:
@@ -217,19 +224,50 @@ class Experiment:
 
         return svdd
 
+    def validation_of(self, entry: str, calls: int) -> dict:
+        """The validation signal of ``entry``'s runs after ``calls`` calls: {validation_score, validation_realism}
+        means over seeds of :meth:`Task.validation` on ``tuning.samples`` samples each, drawn with the validation
+        seed (cached under DIR/rows/ by the generators' hashes). What a selection among runs may read."""
+        from sepo_ray.evaluation import load_generator
+
+        from .rows import load_json_cache, save_json_cache
+
+        _, gens = self.checkpoints(entry, calls)
+        n = self.tuning.samples
+        key = {"validation": entry, "calls": calls, "samples": n, "steps": self.steps,
+               "generators": {str(s): file_hash(g) for s, g in gens.items()}}  # fmt: skip
+        path = self.output / "rows" / f"validation_{entry}_{calls}.json"
+        cached = load_json_cache(path, key)
+        if cached is not None:
+            return cached
+        per_seed = [
+            self.task.validate_model(load_generator(self.task, g), n, self.steps) for g in gens.values()
+        ]
+        keys = per_seed[0].keys() if per_seed and per_seed[0] else ()
+        out = {k: sum(v[k] for v in per_seed) / len(per_seed) for k in keys}
+        save_json_cache(path, key, out)
+        return out
+
     def _combo_source(self, b: int, done: list[dict]) -> Callable:
         def finetuned_best_of_n():
             half, n = b // 2, (b - b // 2) // self.design_size
-            trained = {e.name for e in self.trained}
-            rows = [r for r in done if r["entry"] in trained and r["budget_calls"] == half]
-            base = best_row(rows, self.score, self.realism, self.realism_min) or best_row(
-                rows, self.score, None, 0
-            )
-            m = base["entry"]
+            trained = [e.name for e in self.trained]
+            signals = {
+                m: self.validation_of(m, half) for m in trained
+            }  # never the evaluation rows in ``done``
+            floor = float(self.task.validation_realism_min)
+            ok = [m for m in trained if signals[m].get("validation_realism", floor) >= floor] or trained
+            m = max(ok, key=lambda name: signals[name].get("validation_score", 0.0))
             it, gens = self.checkpoints(m, half)
             src = {"generators": {str(s): file_hash(g) for s, g in gens.items()}, "n": n, "base": m}
+            picked = (
+                len(trained) * self.tuning.samples
+            )  # the validation samples it scored (per seed's pipeline)
             info = {"calls": {"fine_tuning": half, "selection": n * self.design_size},
-                    "config": {"base_entry": m, "base_calls": half, "n": n, "iterations": it}}  # fmt: skip
+                    "config": {"base_entry": m, "base_calls": half, "n": n, "iterations": it,
+                               "chosen_by": "validation", "validation": signals},
+                    # it trained every candidate to half the budget and scored their validation samples to pick one
+                    "cost": {"train": half * len(trained) + picked, "per_design": n}}  # fmt: skip
             row = best_of_n_row(
                 self.task, gens, n, self.num, self.steps, self.reward, self.output / "pools", self.timeout_s
             )
@@ -266,7 +304,8 @@ class Experiment:
         metrics = standard_errors({k: v for k, v in metrics.items() if k != "_info"}, len(self.seeds))
         label = self.label(entry.name, budget)
         row = {"name": label, "entry": entry.name, "method": entry.method.name, "budget_calls": budget or 0, **info,
-               "cost": entry.method.cost(budget or 0, self.design_size), "metrics": metrics,
+               "cost": info.get("cost") or entry.method.cost(budget or 0, self.design_size),
+               "tuning_calls": self.tuning_calls.get(entry.name, 0), "metrics": metrics,
                "seeds": self.seeds, "sequences_per_seed": self.num}  # fmt: skip
         shown = f"{self.score} {metrics[self.score]['mean']:.3f} ± {metrics[self.score]['se']:.3f}"
         if self.realism:
@@ -308,6 +347,10 @@ class Experiment:
             self.task, self.output, self.trained, self.common, self.own, self.chosen, self.tuning
         )
         self.tuned = {name: t["config"] for name, t in result.items()}
+        self.tuning_calls = {name: int(t.get("calls", 0)) for name, t in result.items()}
+        for entry in self.entries.values():  # it picks among every tuned fine-tuning entry
+            if entry.method.kind == "finetune+selection":
+                self.tuning_calls[entry.name] = sum(self.tuning_calls.values())
         return result
 
     def train(self) -> None:

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from sepo_ray.protocol import DESIGNS, check_seeds, protocol_record, winners_by_designs
 
 from .engine import Experiment, Tuning, load_configs
 from .plan import budget_iterations, plan_entries, split_sets
@@ -32,6 +35,7 @@ def prepare(
     svdd_candidates: int = 4,
     svdd_temperature: float = 0.0,
     num_cpus: int | None = None,
+    designs: Sequence[int] = DESIGNS,
 ) -> Experiment:
     """Checks every argument, each entry's settings and budgets, the metrics and the reference sets, before
     anything runs; ValueError (one line) names what is wrong."""
@@ -44,10 +48,16 @@ def prepare(
     budgets = sorted(set(budgets))
     if not budgets or budgets[0] < 1:
         raise ValueError("--budgets must name at least one positive budget")
+    if tuning.calls is None:  # tuned for the horizon it is reported at: the largest budget
+        tuning = dataclasses.replace(tuning, calls=budgets[-1])
     if design_size < 1 or design_batches < 1 or tuning.trials < 0 or tuning.calls < 1:
         raise ValueError("--design-size, --design-batches and --tune-calls must be >= 1, --tune-trials >= 0")
+    if not designs or min(designs) < 1:
+        raise ValueError(f"--designs must name positive numbers of designs, got {list(designs)}")
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ValueError(f"--seeds must name distinct seeds >= 0, got {list(seeds)}")
+    if tuning.trials:
+        check_seeds(seeds, [tuning.seed])
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file, not a directory")
     trained = [e.name for e in entries.values() if e.trains]
@@ -80,6 +90,7 @@ def prepare(
         design_batches=design_batches, steps=0, scorer=None, score="", realism=None, realism_min=0.0,
         tuning=tuning, common=common, own=own, chosen=chosen, references=references,
         elbo_steps=elbo_steps, svdd_candidates=svdd_candidates, svdd_temperature=svdd_temperature, num_cpus=num_cpus,
+        designs=sorted(set(int(k) for k in designs)),
     )  # fmt: skip
     resolve_settings(task, benchmark=True, cli=common)  # the common settings alone are valid
     spent = list(budgets) + ([b // 2 for b in budgets] if "finetune+selection" in kinds else [])
@@ -144,6 +155,7 @@ def run_experiment(exp: Experiment, tune_only: bool = False) -> dict | None:
         frames.append(samples)
     references, ref_frames = exp.reference_rows()
     report = {
+        "protocol": protocol_of(exp),
         "task": exp.task.name,
         "budgets": exp.budgets,
         "design_size": exp.design_size,
@@ -157,9 +169,36 @@ def run_experiment(exp: Experiment, tune_only: bool = False) -> dict | None:
         "tuning": {m: {k: v for k, v in t.items() if k != "search"} for m, t in tuning.items()},
         "rows": rows,
         "references": references,
+        "winners_by_designs": winners_by_designs(
+            rows,
+            exp.designs,
+            exp.score,
+            exp.realism,
+            exp.realism_min,
+            higher_is_better=exp.score not in getattr(exp.scorer, "lower_is_better", ()),
+        ),  # fmt: skip
     }
     write_report(exp, report, frames + ref_frames)
     return report
+
+
+def protocol_of(exp: Experiment) -> dict:
+    """The report's ``protocol`` object (:func:`sepo_ray.protocol.protocol_record`)."""
+    from sepo_ray.resolve import resolve_settings
+
+    threads = resolve_settings(exp.task, benchmark=True, cli=exp.common)["torch_threads"]
+    return protocol_record(
+        selection_signal=exp.task.validation_signal
+        or "the training reward's mean (the task has no validation signal)",
+        evaluation_signals=list(exp.scorer.metric_labels),
+        tuning_seeds=[exp.tuning.seed] if exp.tuning.trials else [],
+        report_seeds=exp.seeds,
+        tuning_calls={e.name: exp.tuning_calls.get(e.name, 0) for e in exp.entries.values()},
+        designs=exp.designs,
+        min_report_seeds=exp.task.min_report_seeds,
+        threads=int(threads),
+        tuned_horizon=exp.tuning.calls if exp.tuning.trials else None,
+    )
 
 
 def write_report(exp: Experiment, report: dict, frames: list) -> None:
@@ -168,8 +207,8 @@ def write_report(exp: Experiment, report: dict, frames: list) -> None:
     import pandas as pd
 
     from sepo_ray.evaluation import violin_plot, win_rates
+    from sepo_ray.protocol import seed_summary
     from sepo_ray.runtime import write_json
-    from sepo_ray.stats import mean_std
 
     from .report import format_table, plot_frontier, plot_reward_kl
 
@@ -180,10 +219,7 @@ def write_report(exp: Experiment, report: dict, frames: list) -> None:
         for row in report["rows"]:  # e.g. the text judge's win rate on the same prompts
             wins = win_rates(samples, row["name"], "pretrained", paired)
             if wins:
-                row["metrics"]["win_rate"] = {
-                    **mean_std(wins),
-                    "se": mean_std(wins)["std"] / len(wins) ** 0.5,
-                }
+                row["metrics"]["win_rate"] = seed_summary(wins)
     write_json(out / "comparison.json", report)
     text = format_table(report, scorer)
     (out / "table.md").write_text(text)

@@ -71,10 +71,28 @@ def checkpoint_every(iterations: Sequence[int]) -> int:
     return math.gcd(*iterations)
 
 
-def standard_errors(metrics: Mapping[str, Mapping[str, float]], num_seeds: int) -> dict:
-    """{metric: {mean, std, se}} with se = std / sqrt(seeds)."""
-    root = math.sqrt(max(1, num_seeds))
-    return {k: {**v, "se": float(v["std"]) / root} for k, v in metrics.items()}
+def standard_errors(metrics: Mapping[str, Mapping[str, Any]], num_seeds: int) -> dict:
+    """{metric: {mean, std, se, ci95, n, values}} over seeds (:func:`sepo_ray.protocol.seed_summary`) from each
+    metric's per-seed ``values``; a metric without them keeps its mean and std, se = std / sqrt(seeds) and a 95 %
+    t-interval from those."""
+    from sepo_ray.protocol import seed_summary
+
+    out = {}
+    for k, v in metrics.items():
+        if "values" in v:
+            out[k] = seed_summary(v["values"])
+            continue
+        n = max(1, num_seeds)
+        se = float(v["std"]) / math.sqrt(n)
+        half = _t_quantile(n) * se if n > 1 else math.nan
+        out[k] = {**v, "se": se, "ci95": [v["mean"] - half, v["mean"] + half], "n": n}
+    return out
+
+
+def _t_quantile(n: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1))
 
 
 def best_row(rows: Sequence[Mapping], score: str, realism: str | None, realism_min: float) -> Mapping | None:

@@ -1,5 +1,6 @@
 """An experiment's report files from the content of ``comparison.json`` (pure but for the files written):
-``table.md`` (the table, mean ± standard error over seeds, and the best row per budget), ``frontier.png`` (score
+``table.md`` (the protocol, the table with 95 % intervals over seeds, the best row per budget with its seed-paired
+verdict, the winner at each number of designs), ``frontier.png`` (score
 and realism against calls, several budgets) and ``reward_kl.png`` (held-out reward against the runs' final path
 KL, under ``--alphas``)."""
 
@@ -15,25 +16,55 @@ def _label(scorer, key: str) -> str:
     return scorer.metric_labels.get(key, key).replace(" ↑", "").replace(" ↓", "")
 
 
+def _ci_bars(metrics: list) -> list[list[float]]:
+    """Error bars [[below...], [above...]] of the 95 % intervals (0 where a metric has none, e.g. one seed)."""
+    lo, hi = [], []
+    for m in metrics:
+        ci = m.get("ci95") or [m["mean"], m["mean"]]
+        ok = ci[0] == ci[0]
+        lo.append(m["mean"] - ci[0] if ok else 0.0)
+        hi.append(ci[1] - m["mean"] if ok else 0.0)
+    return [lo, hi]
+
+
 def format_table(report: Mapping, scorer) -> str:
-    """table.md: what was run, the table (mean ± standard error over seeds), one sentence per budget."""
+    """table.md: the protocol, the table (mean [95 % t-interval] over training seeds), per budget the best row
+    against the runner-up (seed-paired: "beats" or "tie"), and the winner at each number of designs K."""
+    from sepo_ray.protocol import paired_verdict
+
     keys = list(scorer.metric_labels)
     digits = getattr(scorer, "metric_digits", {}) or {}
     score, realism, floor = report["score_metric"], report["realism_metric"], report["realism_min"]
-    one_seed = len(report["seeds"]) < 2  # no standard error from one seed: means only
+    one_seed = len(report["seeds"]) < 2  # no interval from one seed: means only
+    protocol = report.get("protocol") or {}
 
     def cell(m, d):
-        return f"{m['mean']:.{d}f}" if one_seed else f"{m['mean']:.{d}f} ± {m['se']:.{d}f}"
+        ci = m.get("ci95")
+        if one_seed or not ci or ci[0] != ci[0]:
+            return f"{m['mean']:.{d}f}"
+        return f"{m['mean']:.{d}f} [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
 
-    spread = "one seed: means only, no standard errors" if one_seed else "mean ± standard error over seeds"
+    spread = "one seed: means only" if one_seed else "mean [95 % t-interval] over seeds"
     if any("win_rate" in row["metrics"] for row in report["rows"]):
         keys.append("win_rate")
     labels = {**scorer.metric_labels, "win_rate": "win rate vs pretrained ↑"}
-    lines = [
-        f"Task {report['task']}: held-out metrics against the oracle calls spent per design batch of "
+    lines = []
+    if protocol.get("exploratory"):
+        lines += [f"**Exploratory: {len(report['seeds'])} seeds, fewer than the {protocol['min_report_seeds']} a "
+                  "reported comparison needs.**", ""]  # fmt: skip
+    lines += [
+        f"Task {report['task']}: evaluation metrics against the oracle calls spent per design batch of "
         f"{report['design_size']} sequences (fine-tuning plus selection). {report['design_batches']} design "
         f"batches per seed, seeds {report['seeds']} (training seeds of fine-tuned rows, sampling seeds of the "
         f"others), T = {report['steps']}; {spread}.",
+    ]
+    if protocol:
+        charged = ", ".join(f"{k} {v}" for k, v in protocol["tuning_calls"].items() if v) or "none"
+        lines.append(
+            f"Selection (tuning, base runs) read only the validation signal: {protocol['selection_signal']}; "
+            f"tuning seeds {protocol['tuning_seeds'] or 'none'}; tuning calls charged: {charged}."
+        )
+    lines += [
         "",
         "| row | calls | " + " | ".join(labels[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
@@ -52,17 +83,42 @@ def format_table(report: Mapping, scorer) -> str:
         best = best_row(rows, score, realism, floor)
         if best is None:
             lines.append(f"At {budget} calls no row keeps {_label(scorer, realism)} >= {floor:g}.")
-        else:
-            m = best["metrics"][score]
-            lines.append(
-                f"At {budget} calls the best row by {_label(scorer, score)}{guard} is {best['entry']} "
-                f"({cell(m, 3)})."
-            )
+            continue
+        m = best["metrics"][score]
+        text = f"At {budget} calls the best mean {_label(scorer, score)}{guard} is {best['entry']} ({cell(m, 3)})"
+        rest = best_row([r for r in rows if r is not best], score, realism, floor)
+        values = (m.get("values"), (rest or {}).get("metrics", {}).get(score, {}).get("values"))
+        if rest is not None and values[0] and values[1] and len(values[0]) == len(values[1]):
+            v = paired_verdict(*values)
+            word = "beats" if v["verdict"] == "beats" else "ties with"
+            text += (f"; it {word} {rest['entry']} (seed-paired difference {v['difference']:+.3f}, 95 % interval "
+                     f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}])")  # fmt: skip
+        lines.append(text + ".")
+    winners = report.get("winners_by_designs") or {}
+    if winners:
+        lines += ["", f"Who wins by the number of designs K (total calls = tuning + training + K x calls per "
+                  f"design; rows within the calls of the costliest fine-tuning row compete, by {_label(scorer, score)}"
+                  f"{guard}):", ""]  # fmt: skip
+        for k, w in winners.items():
+            if w["winner"] is None:
+                lines.append(f"- K = {k}: no row qualifies.")
+                continue
+            text = f"- K = {k} (budget {w['budget_calls']} calls): {w['winner']}"
+            if w["runner_up"] is None:
+                text += " (the only row within budget)"
+            elif w["verdict"] == "beats":
+                text += f" beats {w['runner_up']} ({w['difference']:+.3f}, [{w['ci95'][0]:+.3f}, {w['ci95'][1]:+.3f}])"
+            elif w["verdict"] == "tie":
+                text += (f" ties with {w['runner_up']} ({w['difference']:+.3f}, interval "
+                         f"[{w['ci95'][0]:+.3f}, {w['ci95'][1]:+.3f}] covers 0)")  # fmt: skip
+            else:
+                text += f" leads {w['runner_up']} (unpaired: no verdict)"
+            lines.append(text + ".")
     return "\n".join(lines) + "\n"
 
 
 def plot_frontier(report: Mapping, scorer, path: Path) -> Path:
-    """Score (and realism) against calls, log x, standard-error bars; the pretrained row as a dashed line."""
+    """Score (and realism) against calls, log x, 95 % interval bars; the pretrained row as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +141,7 @@ def plot_frontier(report: Mapping, scorer, path: Path) -> Path:
                 continue
             x = [r["budget_calls"] for r in rows]
             y = [r["metrics"][key]["mean"] for r in rows]
-            e = [r["metrics"][key]["se"] for r in rows]
+            e = _ci_bars([r["metrics"][key] for r in rows])
             ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
         if key == report["realism_metric"]:
             ax.axhline(
@@ -105,7 +161,7 @@ def plot_frontier(report: Mapping, scorer, path: Path) -> Path:
 
 def plot_reward_kl(report: Mapping, scorer, path: Path) -> Path:
     """The reward-vs-KL frontier (as the DPO paper's IMDb figure): each fine-tuned row's held-out metric (mean over
-    seeds, bar: standard error) against its runs' final path KL; rows of one method at several KL weights joined
+    seeds, bar: 95 % interval) against its runs' final path KL; rows of one method at several KL weights joined
     in order of KL; the pretrained row at KL 0. One panel for the scorer's first metric and one for its
     ``score_metric`` when that is another."""
     import matplotlib
@@ -124,7 +180,12 @@ def plot_reward_kl(report: Mapping, scorer, path: Path) -> Path:
             members = sorted(members, key=lambda r: r["kl"])
             xs, ys = [r["kl"] for r in members], [r["metrics"][key]["mean"] for r in members]
             ax.errorbar(
-                xs, ys, yerr=[r["metrics"][key]["se"] for r in members], marker="o", capsize=3, label=family
+                xs,
+                ys,
+                yerr=_ci_bars([r["metrics"][key] for r in members]),
+                marker="o",
+                capsize=3,
+                label=family,
             )
             for r, x, y in zip(members, xs, ys):
                 if "kl_alpha" in r.get("config", {}):

@@ -58,6 +58,21 @@ def save_cached_row(cache: Path, name: str, fingerprint: dict, metrics: dict, sa
     write_json(cache / f"{name}.json", {"fingerprint": fingerprint, "metrics": metrics})
 
 
+def load_json_cache(path: Path, key: dict):
+    """The value saved at ``path`` under exactly ``key``, or None."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["value"] if saved.get("key") == key else None
+
+
+def save_json_cache(path: Path, key: dict, value) -> None:
+    from sepo_ray.runtime import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"key": key, "value": value})
+
+
 # -------------------------------------------------------------------------------------------------- the rows
 def sample_row(task, generators: Mapping[int, object], num: int, steps: int) -> Callable[[int], list[str]]:
     """Row callable: seed -> ``num`` samples of that seed's generator (sampling seed = seed)."""

@@ -11,15 +11,29 @@ from pathlib import Path
 TUNE_CLOCK = "num_env_steps_sampled_lifetime"
 
 
+def charged_calls(report: Mapping) -> int:
+    """The oracle calls a tuning sweep spent, every trial's: the sequences it sampled (one call each, ASHA-stopped
+    trials included) plus the samples its validation signal scored. What the cost axis charges the method."""
+    from sepo_ray.sweeps.report import VALIDATION_CALLS
+
+    total = 0
+    for row in report.get("trials", []):
+        m = row.get("metrics", {})
+        total += int(m.get(TUNE_CLOCK) or 0) + int(m.get(VALIDATION_CALLS) or 0)
+    return total
+
+
 def tuning_sweep(
-    task, entry, fixed: Mapping, searched: Sequence[str], trials: int, seed: int, max_calls: int,
-    realism_min: float, heldout_samples: int, num_cpus: int | None,
+    task, entry, fixed: Mapping, searched: Sequence[str], trials: int, search_seed: int, max_calls: int,
+    realism_min: float, validation_samples: int, num_cpus: int | None, seed: int = 1000,
 ):  # fmt: skip
     """The same Ray Tune search for every method (a :class:`~sepo_ray.sweeps.SweepSpec`): ``searched`` fields
-    log-uniform in the method's ``tunable`` ranges, ``trials`` samples with search seed ``seed``, ASHA on the oracle calls a
-    trial has spent up to ``max_calls`` (rungs at a quarter and a half), best by the held-out score among trials
-    whose held-out realism stays >= ``realism_min`` (0: no guard); ``entry`` (:class:`~.plan.Entry`). Calls, not seconds: the frontier's axis, and
-    a clock that neither machine load nor a method's cost per call (trajectory re-scores T steps) changes."""
+    log-uniform in the method's ``tunable`` ranges, ``trials`` samples with search seed ``search_seed``, ASHA on the oracle calls a
+    trial has spent up to ``max_calls`` (rungs at a quarter and a half), best by the validation score among
+    trials whose validation realism stays >= ``realism_min`` (0: no guard), never an evaluation signal; every trial
+    trains with ``seed`` (a tuning seed, never a reported one); ``entry`` (:class:`~.plan.Entry`). Calls, not
+    seconds: the frontier's axis, and a clock that neither machine load nor a method's cost per call (trajectory
+    re-scores T steps) changes."""
     from sepo_ray.sweeps import parse_sweep_spec
 
     base = {
@@ -27,23 +41,23 @@ def tuning_sweep(
         **fixed,
         **entry.settings,
         "task": task.spec or task.name,
-        "heldout_eval_interval": 2,
-        "heldout_samples": heldout_samples,
+        "validation_interval": 2,
+        "validation_samples": validation_samples,
         "num_env_runners": 0,
         "num_learners": 0,
-        "seed": 0,
+        "seed": seed,
     }
     base = {k: v for k, v in base.items() if k not in searched}
     concurrent = max(1, min(2, num_cpus or 2))
     raw = {
         "name": f"tune_{entry.name}",
         "description": f"equal tuning of {entry.name}",
-        "select_min": {"sepo/heldout_realism": realism_min} if realism_min > 0 else {},
+        "select_min": {"sepo/validation_realism": realism_min} if realism_min > 0 else {},
         "scheduler": {"type": "asha", "time_attr": TUNE_CLOCK, "max_t": max_calls,
                       "grace_period": max_calls / 4, "reduction_factor": 2, "brackets": 1},
         "num_samples": trials,
         "max_concurrent_trials": concurrent,
-        "search_seed": seed,
+        "search_seed": search_seed,
         "resources": {"num_cpus": num_cpus} if num_cpus else {},
         "checkpoint": {"frequency": 0, "num_to_keep": 1, "at_end": True},
         "max_failures": 1,
@@ -70,7 +84,8 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
         search = {
             "trials": tuning.trials, "search_seed": tuning.search_seed, "max_calls": tuning.calls,
             "realism_min": tuning.realism_min, "space": {f: list(entry.method.tunable[f]) for f in searched},
-            "heldout_samples": tuning.samples,
+            "validation_samples": tuning.samples,
+            "seed": tuning.seed,
             "fixed": dict(fixed),
         }  # fmt: skip
         if not searched or tuning.trials == 0:
@@ -78,6 +93,7 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
                 "config": {},
                 "source": "fixed" if searched == [] else "defaults",
                 "search": None,
+                "calls": 0,
             }
             continue
         previous = saved.get(method)
@@ -88,7 +104,7 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
         sweep_dir = out / "tuning" / method
         spec = tuning_sweep(
             task, entry, fixed, searched, tuning.trials, tuning.search_seed, tuning.calls, tuning.realism_min,
-            tuning.samples, tuning.num_cpus,
+            tuning.samples, tuning.num_cpus, tuning.seed,
         )  # fmt: skip
         report_path = sweep_dir / "sweep.json"
         if sweep_dir.exists() and previous is not None:  # a finished sweep of another search stays
@@ -102,7 +118,11 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
         resume = tune.Tuner.can_restore(str((sweep_dir / spec.name).resolve()))
         report = run_sweep(spec, sweep_dir, resume=resume, verbose=1)
         best = report.get("best")
-        entry = {"search": search, "sweep": report_path.relative_to(out).as_posix()}
+        entry = {
+            "search": search,
+            "sweep": report_path.relative_to(out).as_posix(),
+            "calls": charged_calls(report),
+        }
         if best is None:
             print(f"== tuning {method}: no trial qualified; the defaults stay", flush=True)
             entry.update(config={}, source="defaults (no trial met the guard)")

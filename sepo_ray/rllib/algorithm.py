@@ -204,6 +204,7 @@ class SEPO(Algorithm):
         cfg = self.config
         self._reward_pool = None
         self._baseline = None  # advantage 'ppo': running mean of the (single-state) bandit's reward
+        self._validation_calls = 0  # oracle calls spent on the validation signal (charged like any other)
         if cfg.oracle_actors > 0:
             self._reward_pool = RewardPool(
                 cfg.reward or cfg.task_spec().default_reward,
@@ -282,9 +283,10 @@ class SEPO(Algorithm):
                     from_worker_or_learner_group=self.learner_group, policies=modules, inference_only=True
                 )
         self._log_sepo_metrics(rewards, learner_results, self._async.stats() if self._async else {})
-        if cfg.heldout_eval_interval and (self.training_iteration + 1) % cfg.heldout_eval_interval == 0:
-            for name, value in self.heldout_metrics().items():
+        if cfg.validation_interval and (self.training_iteration + 1) % cfg.validation_interval == 0:
+            for name, value in self.validation_metrics().items():
                 self.metrics.log_value((SEPO_KEY, name), value, window=1)
+        self.metrics.log_value((SEPO_KEY, "validation_calls"), self._validation_calls, window=1)
 
     def _check_rewards(self, episodes) -> np.ndarray:
         rewards = np.array([e.get_return() for e in episodes], dtype=np.float64)
@@ -353,23 +355,17 @@ class SEPO(Algorithm):
         model.load_state_dict(state)
         return model.eval()
 
-    def heldout_metrics(self, num_samples: int | None = None, seed: int = 0) -> dict[str, float]:
-        """The task's held-out figures of fresh samples from the current model (nothing here trains).
-
-        ``heldout_score`` (an oracle never used in training) and ``heldout_realism`` (how much the samples
-        still look like real data), as the task defines them; {} for a task without a held-out check.
-        """
+    def validation_metrics(self, num_samples: int | None = None, seed: int | None = None) -> dict[str, float]:
+        """The task's validation signal of fresh samples from the current model (:meth:`Task.validate_model`):
+        the only figures a selection (tuning, early stopping) may read, never an evaluation signal; {} for a task
+        without one. Its samples are oracle calls, counted in ``sepo/validation_calls`` (lifetime)."""
         cfg = self.config
-        task = cfg.task_spec()
-        g = torch.Generator().manual_seed(seed)
-        seqs = task.sample(
-            self.current_denoiser(),
-            num_samples or cfg.heldout_samples,
-            cfg.denoise_steps,
-            generator=g,
-            corrector_steps=cfg.corrector_steps,
+        num = int(num_samples or cfg.validation_samples)
+        figures = cfg.task_spec().validate_model(
+            self.current_denoiser(), num, cfg.denoise_steps, cfg.corrector_steps, seed
         )
-        return task.heldout(seqs)
+        self._validation_calls += num if figures else 0
+        return figures
 
     # ---------------------------------------------------------------------------------- checkpointing
     def get_state(self, *args, **kwargs):
@@ -378,6 +374,7 @@ class SEPO(Algorithm):
         what the uninterrupted run would have drawn."""
         state = super().get_state(*args, **kwargs)
         state["sepo_baseline"] = self._baseline
+        state["sepo_validation_calls"] = self._validation_calls
         state["sepo_async_pending"] = self._async.pending() if self._async else 0
         state["sepo_rng"] = {
             "runners": dict(self.env_runner_group.foreach_env_runner(runner_rng_state)),
@@ -389,6 +386,7 @@ class SEPO(Algorithm):
         super().set_state(state)
         if "sepo_baseline" in state:
             self._baseline = state["sepo_baseline"]
+        self._validation_calls = int(state.get("sepo_validation_calls", 0))
         self.restored_pending = int(state.get("sepo_async_pending", 0))
         rng = state.get("sepo_rng")
         if rng:

@@ -66,6 +66,8 @@ class SEPOTorchRLModule(TorchRLModule, InferenceOnlyAPI):
 
     def setup(self):
         settings = self.model_config["sepo"]
+        if settings.get("torch_threads"):  # every process that builds the module: learner, rollout workers
+            torch.set_num_threads(int(settings["torch_threads"]))
         self.task = get_task(settings["task"])
         self.spec = update.UpdateSpec.from_settings(settings, self.task.num_tokens)
         self.group_size = int(settings["group_size"])

@@ -4,8 +4,8 @@
 
 runs a Tune ``Tuner`` over the ``SEPO`` algorithm (an RLlib ``Algorithm`` is a Tune ``Trainable``), shows
 Tune's progress table, writes ``DIR/sweep.json`` (one row per trial: its sampled config, metrics, status)
-and prints the best config by the task's held-out score (``sepo/heldout_score``), among the trials that pass
-the realism guards (``select_min``, e.g. ``sepo/heldout_realism``). Before anything starts (``--dry-run``, and
+and prints the best config by the task's validation score (``sepo/validation_score``), among the trials that pass
+the realism guards (``select_min``, e.g. ``sepo/validation_realism``). Before anything starts (``--dry-run``, and
 again before Tune runs) every reward spec is checked and each trial's GPUs must fit the cluster. A sweep stopped
 part-way (Ctrl-C, a lost node, an errored trial) continues with ``--resume`` (``Tuner.restore``); after Ctrl-C
 sweep.json marks the cut trials ``"interrupted"``, the last line gives the command, and the exit status is 130.

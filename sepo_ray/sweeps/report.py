@@ -10,6 +10,9 @@ from sepo_ray.runtime import jsonable
 
 from .spec import SchedulerSpec, SweepSpec
 
+#: the oracle calls a trial spent on its validation signal (charged to the tuning like its training calls)
+VALIDATION_CALLS = "sepo/validation_calls"
+
 
 def asha_rungs(scheduler: SchedulerSpec) -> list[float]:
     """The rung milestones of ASHA (all brackets): grace_period * rf^(k+s) below max_t, as Ray builds them."""
@@ -40,7 +43,7 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
     ``record``: {"trial_id", "status", "config" (searched values), "history" (list of flat result dicts,
     "/"-joined keys, one per reported iteration), "error" (str or None), and for a trial an interrupt cut
     (status ``"interrupted"``) "resume_hint"}. A metric that some iterations
-    do not report (the held-out eval) is summarised over the iterations that do; ``stopped_early`` marks a
+    do not report (the validation signal) is summarised over the iterations that do; ``stopped_early`` marks a
     TERMINATED trial that ASHA ended at a rung, before ``max_t`` and any ``stop`` threshold.
     """
     history = list(record.get("history") or [])
@@ -55,7 +58,7 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
     metrics[spec.select_metric] = summary(spec.select_metric, spec.select_mode)
     for key in spec.select_min:
         metrics.setdefault(key, summary(key, "max"))
-    for key in ("training_iteration", spec.scheduler.time_attr, *spec.stop):
+    for key in ("training_iteration", spec.scheduler.time_attr, VALIDATION_CALLS, *spec.stop):
         if key not in metrics:
             metrics[key] = _finite(last.get(key))
 
@@ -83,7 +86,7 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
 
 
 def select_best(rows: Sequence[Mapping], spec: SweepSpec) -> dict | None:
-    """The best trial by the last reported ``select_metric`` (the task's held-out score).
+    """The best trial by the last reported ``select_metric`` (the task's validation score).
 
     Only trials that meet every ``select_min`` guard (on its last reported value) are candidates. Among them,
     first non-empty set wins: trials that ran to the end (not stopped early, not errored) and reported the

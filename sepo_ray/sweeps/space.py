@@ -86,7 +86,7 @@ def shown_metrics(spec: SweepSpec) -> dict[str, str]:
 
 
 def progress_reporter(spec: SweepSpec) -> Any:
-    """Tune's table: status, the searched values, reward, KL, the held-out score and guards, time."""
+    """Tune's table: status, the searched values, reward, KL, the validation score and guards, time."""
     from ray.tune import CLIReporter
 
     return CLIReporter(

@@ -4,9 +4,9 @@
     description: ...                   # free text (optional)
     metric: sepo/reward_mean           # what the scheduler compares (fine-tuning reward)
     mode: max                          # max | min
-    select_metric: sepo/heldout_score  # what picks the best config (the task's held-out oracle)
+    select_metric: sepo/validation_score  # what picks the best config (the task's held-out oracle)
     select_mode: max
-    select_min: {sepo/heldout_realism: 0.8}  # realism guards: a trial below any is never picked (optional)
+    select_min: {sepo/validation_realism: 0.8}  # realism guards: a trial below any is never picked (optional)
     scheduler:                         # ASHA (async successive halving)
       type: asha
       time_attr: time_total_s          # seconds of training (fair when T and M change an iteration's cost),
@@ -69,7 +69,7 @@ TIME_ATTRS = ("time_total_s", "num_env_steps_sampled_lifetime")
 CLOCK_TITLES = {"time_total_s": "time (s)", "num_env_steps_sampled_lifetime": "calls"}
 
 DEFAULT_METRIC = "sepo/reward_mean"
-DEFAULT_SELECT_METRIC = "sepo/heldout_score"
+DEFAULT_SELECT_METRIC = "sepo/validation_score"
 
 #: The sweep file's own scalar keys (a block's keys as ``block.key``), with the schema's ``Setting`` rules.
 # fmt: off

@@ -11,10 +11,12 @@ from the defaults:
   weights in ``generator``: a file or folder);
 - ``default_reward``: a reward spec (``"module:function"``, or a reward name its package declares in the
   entry-point group ``sepo_ray.oracles``);
-- ``heldout(sequences)``: the cheap held-out check reported during training, ``{"heldout_score": ...,
-  "heldout_realism": ...}`` (the score of an oracle never used in training, and how much the samples still
-  look like real data); ``{}`` for a task without one;
-- ``scorer()``: the evaluation table (per-sequence scores, set-level metrics with their labels, the plotted
+- ``validation(sequences, prompts)``: the validation signal, the only thing any selection may look at (tuning,
+  early stopping, choosing a base run or a setting): ``{"validation_score": ..., "validation_realism": ...}``
+  computed from validation data or a validation oracle, never from an evaluation signal (the scorer's oracle,
+  classifiers or judge); ``{}`` for a task without one (selection then reads the training reward);
+  ``validation_signal`` names it in result files; ``validation_prompts(seed, n)`` the prompts it is drawn on;
+- ``scorer()``: the evaluation signals, read only by the final report: the evaluation table (per-sequence scores, set-level metrics with their labels, the plotted
   score); the default scores the default reward;
 - ``reference_rows()``: rows of real data for the evaluation table;
 - a task with prompts: ``prompts(split)``, ``encode_prompts(texts)`` (a user's own prompts, checked) and
@@ -136,9 +138,13 @@ class Task:
     #: the folder of the task's shipped artifacts (hashed by ``evaluation_fingerprint``; the pretrained generator
     #: is ``artifact_dir/generator.safetensors`` unless ``build_denoiser`` says otherwise), or None
     artifact_dir: ClassVar[Path | None] = None
-    #: the least ``heldout_realism`` a tuning trial may keep to be chosen (``compare``/``frontier``
+    #: the least ``validation_realism`` a tuning trial may keep to be chosen (``compare``/``frontier``
     #: ``--tune-realism``); 0: no guard
-    heldout_realism_min: ClassVar[float] = 0.0
+    validation_realism_min: ClassVar[float] = 0.0
+    #: what ``validation`` computes, in words (result files name it as the selection signal)
+    validation_signal: ClassVar[str] = ""
+    #: training seeds a reported comparison needs (the protocol: 5, a costlier task 3); fewer is exploratory
+    min_report_seeds: ClassVar[int] = 5
 
     def benchmark_reward_pin(self) -> dict:
         """``{"reward": default_reward}`` when the run defaults name another reward, else {}: the one override
@@ -166,7 +172,8 @@ class Task:
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.length)
 
     def prompts(self, split: str = "train") -> Tensor:
-        """The prompts of ``split`` ("train": what fine-tuning conditions on; "heldout": evaluation) as a
+        """The prompts of ``split`` ("train": what fine-tuning conditions on; "validation": what selection reads;
+        "test": what the final evaluation reads) as a
         LongTensor (num_prompts, P) of token ids, MASK (= num_tokens) after a shorter prompt's end."""
         raise NotImplementedError(f"task {self.name!r} has no prompts (prompt_length = 0)")
 
@@ -177,11 +184,11 @@ class Task:
 
     def evaluation_prompts(self, seed: int, num_samples: int, pool: Tensor | None = None) -> Tensor | None:
         """The prompts (num_samples, P) that evaluation rows condition on at ``seed``: rows of ``pool`` (default
-        the held-out prompts) drawn uniformly with ``seed``, so every generator row at a seed completes the same
+        the test prompts) drawn uniformly with ``seed``, so every generator row at a seed completes the same
         prompts; None for a task without prompts."""
         if not self.prompt_length:
             return None
-        pool = self.prompts("heldout") if pool is None else pool  # (num_prompts, P)
+        pool = self.prompts("test") if pool is None else pool  # (num_prompts, P)
         return pool[prompt_draw(seed, num_samples, len(pool))]  # (N, P)
 
     def split_prompt(
@@ -273,9 +280,39 @@ class Task:
         return self.decode(out.x)
 
     # ------------------------------------------------------------------------------------- evaluation
-    def heldout(self, sequences: Sequence[str]) -> dict[str, float]:
-        """Held-out figures of a set of samples: ``heldout_score`` (and ``heldout_realism``); {} if none."""
+    def validation(self, sequences: Sequence[str], prompts: Tensor | None = None) -> dict[str, float]:
+        """The validation signal of a set of samples (``prompts`` (N, P): what each completes, for a task with
+        prompts): ``validation_score`` (and ``validation_realism``), from validation data or a validation oracle,
+        never an evaluation signal; {} if the task has none."""
         return {}
+
+    def validate_model(
+        self,
+        model: nn.Module,
+        num_samples: int,
+        steps: int,
+        corrector_steps: int = 0,
+        seed: int | None = None,
+    ) -> dict[str, float]:
+        """:meth:`validation` of ``num_samples`` fresh samples of ``model`` drawn with ``seed`` (default the
+        protocol's ``VALIDATION_SEED``: never a report's sampling seed, the same draw every time) after the
+        validation prompts. What a selection among models or settings reads."""
+        from sepo_ray.protocol import VALIDATION_SEED
+
+        seed = VALIDATION_SEED if seed is None else int(seed)
+        prompts = self.validation_prompts(seed, num_samples)  # (N, P) or None
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        seqs = self.sample(
+            model, num_samples, steps, generator=gen, corrector_steps=corrector_steps, prompt=prompts
+        )
+        return self.validation(seqs, prompts)
+
+    def validation_prompts(self, seed: int, num_samples: int) -> Tensor | None:
+        """The prompts (num_samples, P) validation samples complete at ``seed`` (default: the ``"validation"``
+        prompt split, drawn with the seed); None for a task without prompts."""
+        if not self.prompt_length:
+            return None
+        return self.evaluation_prompts(seed, num_samples, self.prompts("validation"))
 
     def scorer(self, device: str | torch.device = "cpu", elbo_steps: int | None = None) -> Scorer:
         """The evaluation table's scorer (default: the default reward's mean and median)."""

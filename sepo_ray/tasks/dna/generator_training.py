@@ -39,7 +39,9 @@ class GeneratorConfig:
     weight_decay: float = 0.0  #: AdamW weight decay
     grad_clip: float = 1.0  #: gradient-norm clip
     rc_augment: bool = True  #: replace each sequence by its reverse complement w.p. 1/2
-    train_split: str = "all"  #: rows it learns from: "all" (as DRAKES) or "train_all" (no validation/test chromosome)
+    train_split: str = (
+        "all"  #: rows it learns from: "all" (as DRAKES) or "train_all" (no validation/test chromosome)
+    )
     eval_sequences: int = 1000  #: held-out sequences for the bits/base figure
     eval_draws: int = 8  #: antithetic time draws per held-out sequence
     seed: int = 0
@@ -93,7 +95,11 @@ def train_generator(
         "model_config": model.config,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "train_config": asdict(cfg),
-        "data": {"sha256": data.sha256, "rows": cfg.train_split, "num_train": len(data.split(cfg.train_split))},
+        "data": {
+            "sha256": data.sha256,
+            "rows": cfg.train_split,
+            "num_train": len(data.split(cfg.train_split)),
+        },
         "training_time_s": {"wall": round(time_s["wall"], 1), "process_cpu": round(time_s["process_cpu"], 1)},
         "final_train_nelbo_bits_per_base": stats["final_train_nelbo_bits_per_token"],
         "heldout": {

@@ -13,8 +13,8 @@ Set-level metrics (:func:`dna_metrics`, keys :data:`METRIC_KEYS`):
 - ``pred_activity_median``: median of ``pred_activity`` (Pred-Activity);
 - ``atac_acc``: percentage (0-100) of sequences with ``atac`` > 0.5 (ATAC-Acc);
 - ``kmer3_corr``: Pearson correlation between the pooled 3-mer frequency vector (64 entries) of the sequences and
-  that of the reference set: the real HepG2-specific DHS outside the test chromosome (11,010 sequences; DRAKES
-  compares with its top-activity HepG2 sequences) (3-mer Corr);
+  that of the reference set: the real HepG2-specific DHS of the test chromosome (958 sequences, which neither the
+  generator nor any oracle saw; DRAKES compares with its top-activity HepG2 sequences) (3-mer Corr);
 - ``log_lik_median``: median of ``log_lik`` (Log-Lik);
 - ``motif_enrichment``: log2 of the mean liver-motif hits per sequence relative to the same reference set,
   log2((mean hits + 0.01) / (reference mean hits + 0.01)); 0 = as many liver-TF sites as real HepG2 DHS,
@@ -65,7 +65,8 @@ def kmer3_corr(
 ) -> float:
     """Pearson of pooled 3-mer frequencies (64,) of ``sequences`` vs ``reference`` (a 64-vector or sequences).
 
-    Default reference: real HepG2-specific DHS outside the test chromosome.
+    Default reference: real HepG2-specific DHS of the test chromosome (the evaluation's); the validation signal
+    passes ``reference_stats("validation")["kmer3"]``.
     """
     freq = kmer_frequencies(as_tokens(sequences, None), 3)  # (64,)
     if reference is None:
@@ -93,7 +94,7 @@ def log_lik_median(log_lik: np.ndarray) -> float:
 
 
 def motif_enrichment(motif_count: np.ndarray, reference_mean: float | None = None) -> float:
-    """log2((mean hits + 0.01) / (reference mean hits + 0.01)); default reference: real HepG2 DHS. (N,) -> float"""
+    """log2((mean hits + 0.01) / (reference mean hits + 0.01)); default reference: real HepG2 test DHS. (N,) -> float"""
     ref = reference_stats()["motif_mean"] if reference_mean is None else float(reference_mean)
     mean = float(np.mean(_nonempty(motif_count, "motif_count")))
     return float(np.log2((mean + MOTIF_PSEUDOCOUNT) / (ref + MOTIF_PSEUDOCOUNT)))
@@ -106,14 +107,18 @@ def _nonempty(values: np.ndarray, name: str) -> np.ndarray:
     return values
 
 
-@lru_cache(maxsize=1)
-def reference_stats() -> dict:
-    """3-mer frequencies (64,) and mean liver-motif hits of the real HepG2 DHS outside the test chromosome."""
+@lru_cache(maxsize=2)
+def reference_stats(split: str = "test") -> dict:
+    """3-mer frequencies (64,) and mean liver-motif hits of the real HepG2-specific DHS of ``split``: "test"
+    (chr1, the evaluation's reference) or "validation" (chr2, the validation signal's)."""
     from .data import HEPG2, load_dhs
     from .motifs import MotifScanner
 
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
     data = load_dhs()
-    rows = np.flatnonzero((data.cell_type == HEPG2) & (data.data_label != "test"))
+    rows = data.split(split)
+    rows = rows[data.cell_type[rows] == HEPG2]
     x = data.tokens[rows]
     return {
         "kmer3": kmer_frequencies(x, 3),

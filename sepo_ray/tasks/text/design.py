@@ -1,8 +1,9 @@
 """The text task's part of ``sepo-ray design text``: the evidence columns of a completion and ``designs.jsonl``.
 
 The engine gives each completion its prompt, its reward (the sentiment classifier's logit, or ``--reward``) and
-its rank; the task adds the held-out judge, the likelihood under the pretrained generator and a repetition
-measure (:data:`COLUMN_HELP`, computed by ``TextTask.design_columns``), and writes the completions as JSON lines.
+its rank; the task adds the evaluation signals of the completion alone (the prompt is not the model's): the judge,
+the likelihood under the pretrained generator and a repetition measure (:data:`COLUMN_HELP`, computed by
+``TextTask.design_columns``), and writes the completions as JSON lines.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 COLUMN_HELP = {
-    "judge": "VADER compound sentiment of prompt + completion, in [-1, 1]: the held-out judge, never trained on",
+    "judge": "VADER compound sentiment of the completion alone, in [-1, 1]: the judge, never trained on",
     "pretrained_nll_per_token": "negative ELBO of the completion given its prompt under the pretrained generator, "
     "nats per token; lower = more like the text it learned",
-    "repeated_4grams": "fraction of the text's word 4-grams occurring more than once (degenerate repetition)",
+    "repeated_4grams": "fraction of the completion's word 4-grams occurring more than once (degenerate "
+    "repetition)",
 }
 JSONL_FIELDS = ("id", "rank", "prompt", "completion", "reward", "judge")
 

@@ -1,8 +1,10 @@
-"""The held-out judge of the text task: VADER sentiment and pairwise win rates (paper Sec. 4.1, App. E.1).
+"""The judge of the text task: VADER sentiment and pairwise win rates (paper Sec. 4.1, App. E.1).
 
 The paper judges completions pairwise with GPT-3.5 on held-out prompts. Offline, the judge is VADER (Hutto &
 Gilbert 2014; ``vaderSentiment==3.3.2``, MIT): a fixed lexicon and rules, of another family than the GPT-2
-reward model and never trained on anything here, so fine-tuning against the reward cannot have fitted it.
+reward model and never trained on anything here, so fine-tuning against the reward cannot have fitted it. It is
+an evaluation signal: the evaluation table (:class:`~.task.TextScorer`) and ``sepo-ray design`` score the
+completion alone (of a test prompt) with it; no selection (tuning, the validation signal) ever reads it.
 """
 
 from __future__ import annotations

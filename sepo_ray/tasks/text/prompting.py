@@ -1,4 +1,8 @@
-"""Prompts of the text task: seeded openings of IMDB reviews, cut at a word boundary (paper App. E.1 prompts)."""
+"""Prompts of the text task: seeded openings of IMDB reviews, cut at a word boundary (paper App. E.1 prompts).
+
+The task conditions fine-tuning on ``train`` openings, its validation signal on ``validation`` openings and the
+evaluation table on ``test`` openings (the split is :mod:`.corpus`'s).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from .corpus import _starts_word, gpt2_tokenizer, imdb_split, tokenize
 
 
 def prompts(
-    split: str = "heldout",
+    split: str = "test",
     num_tokens_range: tuple[int, int] = (8, 16),
     seed: int = 0,
     count: int | None = None,
@@ -18,12 +22,13 @@ def prompts(
 
 
 def prompted_reviews(
-    split: str = "heldout",
+    split: str = "test",
     num_tokens_range: tuple[int, int] = (8, 16),
     seed: int = 0,
     count: int | None = None,
 ) -> tuple[list[str], list[str]]:
-    """(prompts, reviews): openings of reviews of ``split``, for prompt-conditioned generation (paper App. E.1 prompts).
+    """(prompts, reviews): openings of reviews of ``split`` (a :data:`~.corpus.SPLITS` name), for prompt-conditioned
+    generation (paper App. E.1 prompts).
 
     Distinct reviews are taken in a seeded random order (``count`` None: all of the split; ``prompts(count=k)``
     is a prefix of ``prompts(count=m)`` for k < m; the split holds a few duplicated reviews, used once). Each prompt is the first n GPT-2 tokens of its review, n drawn

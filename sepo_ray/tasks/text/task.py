@@ -3,17 +3,27 @@
 A sequence is 64 compact-vocabulary tokens: a prompt (the first 8-16 GPT-2 tokens of a review, MASK-padded to
 16) and its completion. The generator is the shipped SEDD-layout transformer seen as a masked denoiser
 (:class:`~sepo_ray.diffusion.score_entropy.MaskedView`), so the engine's sampler, SEPO scores, SNIS and KL run
-on it unchanged. The default reward is the shipped GPT-2 sentiment classifier's logit (``text_sentiment``);
-the held-out judge is VADER (never trained), reported as ``heldout_score``, with distinct-2 as
-``heldout_realism`` (a reward-hacked model repeats itself). The evaluation table adds the completions' likelihood
-under the pretrained generator (:mod:`.likelihood`) and compares every row with the pretrained one on the same
-held-out prompts; its ``real_heldout`` row is the real continuation of those prompts.
+on it unchanged. Prompts come from three splits of the IMDB reviews (:mod:`.corpus`): ``train`` (what the
+generator and the reward model were trained on, and what fine-tuning conditions on), ``validation`` and ``test``
+(two halves of the held-out reviews). The three signals are never mixed:
+
+- training reward: ``default_reward``, the shipped GPT-2 sentiment classifier's logit (``text_sentiment``) of the
+  whole sequence;
+- validation signal (:meth:`TextTask.validation`, the only thing a selection — tuning, choosing a setting or a
+  run — may look at): ``validation_score``, the mean training reward of sequences completing ``validation``
+  prompts (scored whole, as training scores them), and ``validation_realism``, the distinct-2 of their
+  completions (a reward-hacked model repeats itself);
+- evaluation signals (:class:`TextScorer`, read only by the final report), on completions of ``test`` prompts
+  drawn without replacement (:func:`prompt_order`): the judge VADER (never trained) of the completion alone,
+  the completions' likelihood under the pretrained generator (:mod:`.likelihood`), distinct-n and repetition of
+  the completions, and the win rate of the judge over the pretrained row on the same prompts; the
+  ``real_heldout`` row is the real continuation of the same test prompts, prompt by prompt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -23,138 +33,42 @@ from torch import Tensor, nn
 from sepo_ray.tasks.base import Scorer, Task
 
 from .data import DEFAULT_VOCAB_SIZE
+from .scoring import ELBO_DRAWS, TextScorer, distinct_n, repeated_ngrams  # noqa: F401 (the task's public names)
 
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 TRAIN_PROMPTS = 4096  # training prompts drawn from the train split (a prefix of its seeded order)
-ELBO_DRAWS = (
-    8  # Monte Carlo draws per sequence of the pretrained likelihood (the ELBO's variance, not its mean)
-)
+#: the prompt splits of ``TextTask.prompts`` (:mod:`.corpus`); ``"heldout"`` is read as ``"test"`` (the pool the
+#: evaluation draws from, under its older name)
+PROMPT_SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"heldout": "test"}
 
 
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Distinct-n: distinct word n-grams / all word n-grams over the set (Li et al. 2016); 0 for no n-gram."""
-    grams = [tuple(w[i : i + n]) for t in texts for w in [t.split()] for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def repeated_ngrams(text: str, n: int = 4) -> float:
-    """Fraction of a text's word n-grams that occur more than once in it (a degenerate repetition measure)."""
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if not grams:
-        return 0.0
-    counts: dict[tuple, int] = {}
-    for g in grams:
-        counts[g] = counts.get(g, 0) + 1
-    return sum(c for c in counts.values() if c > 1) / len(grams)
-
-
-class TextScorer(Scorer):
-    """The text evaluation table: fine-tuning reward, held-out judge, diversity, likelihood under the pretrained
-    generator.
-
-    Args:
-        reward: the fine-tuning reward spec.
-        task: the text task (vocabulary, prompt split, pretrained generator).
-        device: where the likelihood's generator runs.
-        generator: the generator of ``pretrained_nll_per_token`` (None: the task's pretrained one; a file; or
-            False to skip the likelihood, NaN).
-        elbo_steps: Monte Carlo draws per sequence of the ELBO.
-    """
-
-    metric_labels = {
-        "reward_mean": "Reward (sentiment logit) ↑",
-        "judge_mean": "Judge (VADER) ↑",
-        "pretrained_nll_per_token": "NLL / token under pretrained (nats) ↓",
-        "distinct_1": "distinct-1 ↑",
-        "distinct_2": "distinct-2 ↑",
-        "repeated_4grams": "repeated 4-grams ↓",
-    }
-    plot_score = "judge"
-    score_metric = "judge_mean"  # what a comparison ranks by: the held-out judge (the reward is trained on)
-    plot_label = "VADER compound score (held-out judge)"
-    paired_score = (
-        "judge"  # the paper's Table 1 protocol: win rate over the pretrained model on the same prompts
-    )
-    #: sequences per batch of the likelihood's ELBO (each ``elbo_steps`` rows through the net)
-    elbo_batch_size = 32
-
-    def __init__(
-        self,
-        reward: str,
-        task: TextTask | None = None,
-        device: str | torch.device = "cpu",
-        generator: str | Path | nn.Module | bool | None = None,
-        elbo_steps: int = ELBO_DRAWS,
-    ):
-        super().__init__(reward)
-        if elbo_steps < 1:
-            raise ValueError(f"elbo_steps must be >= 1, got {elbo_steps}")
-        self.task = task
-        self.device = torch.device(device)
-        self._generator = generator
-        self.elbo_steps = int(elbo_steps)
-
-    @cached_property
-    def generator(self) -> nn.Module | None:
-        """The SEDD score net of the likelihood (None: skipped)."""
-        if self._generator is False or self.task is None:
-            return None
-        if isinstance(self._generator, nn.Module):
-            return getattr(self._generator, "net", self._generator).eval()
-        return self.task.build_denoiser(self._generator, device=self.device).net.eval()
-
-    def pretrained_nll(self, sequences: Sequence[str], prompts: Sequence[str], seed: int = 0) -> np.ndarray:
-        """Negative ELBO per completion token of each completion given its prompt under the generator, nats:
-        float64 (N,) (NaN without a generator or without completion tokens). The texts are re-tokenised, prompt
-        and completion apart (so the boundary stays where the sampler put it)."""
-        from .likelihood import conditional_elbo
-
-        if self.generator is None or not len(sequences):
-            return np.full(len(sequences), np.nan)
-        task, vocab = self.task, self.task.vocab
-        completions = [s[len(p) :] for s, p in zip(sequences, prompts)]
-        prompt_ids = vocab.encode(list(prompts), task.length)  # (N, L), MASK-padded
-        completion_ids = vocab.encode(completions, task.length)  # (N, L)
-        lengths = (prompt_ids != vocab.mask_id).sum(dim=1)  # (N,)
-        x = torch.full_like(prompt_ids, vocab.mask_id)  # (N, L)
-        for i, n in enumerate(lengths.tolist()):
-            x[i, :n] = prompt_ids[i, :n]
-            x[i, n:] = completion_ids[i, : task.length - n]
-        gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        bound, tokens = conditional_elbo(
-            self.generator, x, lengths, self.elbo_steps, generator=gen, batch_size=self.elbo_batch_size
+def prompt_order(
+    seed: int, num_samples: int, pool_size: int, repeat: bool = False, pool: str = "pool"
+) -> Tensor:
+    """Indices (num_samples,) into a pool of ``pool_size`` prompts: the first ``num_samples`` of a permutation
+    seeded by ``seed``, so distinct (drawn without replacement), the same for every caller at a seed (the
+    evaluation's prompts and the ``real_heldout`` row's reviews pair index by index) and a prefix of the draw of
+    more prompts. ``num_samples`` > ``pool_size``: ValueError (one line, naming the pool and its size), or with
+    ``repeat`` further seeded permutations (each prompt used as often as any other, +-1)."""
+    if pool_size < 1:
+        raise ValueError(f"the prompt {pool} is empty")
+    if num_samples > pool_size and not repeat:
+        raise ValueError(
+            f"{num_samples} prompts asked of the {pool}, which holds {pool_size}: prompts are drawn without "
+            f"replacement, ask for at most {pool_size}"
         )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(tokens.numpy() > 0, -bound.numpy() / tokens.numpy(), np.nan)
+    gen = torch.Generator().manual_seed(int(seed))
+    rounds = max(1, -(-int(num_samples) // pool_size))
+    return torch.cat([torch.randperm(pool_size, generator=gen) for _ in range(rounds)])[:num_samples]  # (N,)
 
-    def scores(
-        self, sequences: Sequence[str], seed: int = 0, prompts: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        from .judge import vader_sentiment
 
-        texts = list(sequences)
-        prompts = [""] * len(texts) if prompts is None else list(prompts)
-        if len(prompts) != len(texts) or not all(t.startswith(p) for t, p in zip(texts, prompts)):
-            raise ValueError("prompts must hold, for each sequence, the prompt text it starts with")
-        return {
-            "reward": self.reward(texts),
-            "judge": vader_sentiment(texts),
-            "pretrained_nll_per_token": self.pretrained_nll(texts, prompts, seed),
-            "repeated_4grams": np.array([repeated_ngrams(t) for t in texts], dtype=np.float64),
-        }
+@lru_cache(maxsize=4)
+def _reward(spec: str) -> Callable[[Sequence[str]], np.ndarray]:
+    """The reward ``spec`` resolved once per process (the validation signal scores with the training reward)."""
+    from sepo_ray.oracles.pool import resolve_reward
 
-    def summarize(self, scores, sequences: Sequence[str]) -> dict[str, float]:
-        texts = list(sequences)
-        nll = np.asarray(scores["pretrained_nll_per_token"], dtype=np.float64)
-        return {
-            "reward_mean": float(np.mean(scores["reward"])),
-            "judge_mean": float(np.mean(scores["judge"])),
-            "pretrained_nll_per_token": float(np.nanmean(nll)) if np.isfinite(nll).any() else float("nan"),
-            "distinct_1": distinct_n(texts, 1),
-            "distinct_2": distinct_n(texts, 2),
-            "repeated_4grams": float(np.mean(scores["repeated_4grams"])),
-        }
+    return resolve_reward(spec)
 
 
 class TextTask(Task):
@@ -179,6 +93,12 @@ class TextTask(Task):
         "group_size": 4,
     }
     default_iterations = 24  # 768 reward calls, about 7 minutes on 2 CPUs
+    validation_signal = (
+        "mean training-reward score (text_sentiment: the GPT-2 sentiment classifier's logit of the whole sequence) "
+        "of completions of validation-split prompts (half of the held-out IMDB reviews), with distinct-2 of the "
+        "completions as realism"
+    )
+    min_report_seeds = 3  # a costlier task: 3 training seeds per reported comparison
 
     @cached_property
     def vocab(self):
@@ -202,12 +122,16 @@ class TextTask(Task):
         return self.vocab.encode(list(sequences), self.length)
 
     def prompts(self, split: str = "train") -> Tensor:
-        """(num_prompts, 16) compact ids of review openings, MASK-padded (train: 4,096 of the train split;
-        heldout: every held-out review)."""
+        """(num_prompts, 16) compact ids of review openings, MASK-padded: ``train`` 4,096 of the train split (what
+        fine-tuning conditions on); ``validation`` every review of the validation split (the validation signal);
+        ``test`` every review of the test split (the evaluation; ``heldout`` is read as ``test``)."""
         return self._prompts(split)[0]
 
     def _prompts(self, split: str) -> tuple[Tensor, list[str]]:
         """(prompt ids (num, P), the reviews they open) of a split, empty prompts left out; cached."""
+        split = SPLIT_ALIASES.get(split, split)
+        if split not in PROMPT_SPLITS:
+            raise ValueError(f"unknown prompt split {split!r}; valid splits: {', '.join(PROMPT_SPLITS)}")
         cache = self.__dict__.setdefault("_prompt_cache", {})
         if split not in cache:
             from .data import prompted_reviews
@@ -240,7 +164,8 @@ class TextTask(Task):
         self, sequences: Sequence[str], prompts: Tensor | None = None
     ) -> tuple[list[str], list[str]]:
         """Decoded sequences -> (prompt, completion) texts. The prompt is the decoded row of ``prompts`` when the
-        sequence starts with it; otherwise the longest held-out prompt the sequence starts with ("" if none)."""
+        sequence starts with it; otherwise the longest held-out (validation or test) prompt the sequence starts
+        with ("" if none)."""
         sequences = list(sequences)
         given = self.decode(prompts) if prompts is not None else [None] * len(sequences)
         heads = []
@@ -251,10 +176,11 @@ class TextTask(Task):
         return heads, [s[len(h) :] for s, h in zip(sequences, heads)]
 
     def _known_prompt(self, sequence: str) -> str:
-        """The longest decoded held-out prompt that ``sequence`` starts with, or ""."""
+        """The longest decoded validation or test prompt that ``sequence`` starts with, or ""."""
         known = self.__dict__.get("_decoded_heldout")
         if known is None:
-            known = self.__dict__["_decoded_heldout"] = set(self.decode(self.prompts("heldout")))
+            held = [self.decode(self.prompts(split)) for split in ("validation", "test")]
+            known = self.__dict__["_decoded_heldout"] = set(held[0]) | set(held[1])
         longest = max(map(len, known), default=0)
         for end in range(min(len(sequence), longest), 0, -1):
             if sequence[:end] in known:
@@ -293,27 +219,48 @@ class TextTask(Task):
         return getattr(model, "net", model)
 
     # ------------------------------------------------------------------------------------- evaluation
-    def heldout(self, sequences: Sequence[str]) -> dict[str, float]:
-        from .judge import vader_sentiment
+    def evaluation_prompts(self, seed: int, num_samples: int, pool: Tensor | None = None) -> Tensor:
+        """The prompts (num_samples, P) every evaluation row completes at ``seed``: distinct rows of the test split
+        (``pool`` None), the first ``num_samples`` of a permutation seeded by ``seed`` (:func:`prompt_order`, as
+        the ``real_heldout`` row's); ValueError (one line, naming the split's size) for more than the split holds.
+        A given ``pool`` (a user's prompts) is drawn the same way, and one smaller than ``num_samples`` is gone
+        through again in a new order as often as needed."""
+        if pool is None:
+            pool = self.prompts("test")  # (K, P)
+            return pool[prompt_order(seed, num_samples, len(pool), pool="test split")]  # (N, P)
+        return pool[prompt_order(seed, num_samples, len(pool), repeat=True)]  # (N, P)
 
+    def validation_prompts(self, seed: int, num_samples: int) -> Tensor:
+        """The prompts (num_samples, P) validation samples complete at ``seed``: distinct rows of the validation
+        split, drawn as :meth:`evaluation_prompts` draws the test split's; ValueError for more than it holds."""
+        pool = self.prompts("validation")  # (K, P)
+        return pool[prompt_order(seed, num_samples, len(pool), pool="validation split")]  # (N, P)
+
+    def validation(self, sequences: Sequence[str], prompts: Tensor | None = None) -> dict[str, float]:
+        """The validation signal (what selection may read; no evaluation signal enters it):
+        ``validation_score``, the mean training reward (``default_reward``, the sentiment classifier) of the
+        whole sequences, as training scores them; ``validation_realism``, distinct-2 of the completions
+        (``prompts`` (N, P): what each sequence completes, else found among the held-out prompts)."""
         texts = list(sequences)
+        if not texts:
+            raise ValueError("validation needs at least one sequence")
+        completions = self.split_prompt(texts, prompts)[1]
         return {
-            "heldout_score": float(np.mean(vader_sentiment(texts))),
-            "heldout_realism": distinct_n(texts, 2),
+            "validation_score": float(np.mean(_reward(self.default_reward)(texts))),
+            "validation_realism": distinct_n(completions, 2),
         }
 
     def scorer(self, device: str | torch.device = "cpu", elbo_steps: int | None = None) -> Scorer:
         return TextScorer(self.default_reward, self, device=device, elbo_steps=int(elbo_steps or ELBO_DRAWS))
 
     def reference_rows(self) -> dict[str, Callable[[int, int], list[str]]]:
-        """``real_heldout``: for each held-out prompt the evaluation draws at a seed (``evaluation_prompts``), the
-        first 64 compact tokens of the review it opens (decoded as the generator's are): the real continuation of
-        the same prompt, so the row pairs with the generators' rows prompt by prompt."""
-        from sepo_ray.tasks.base import prompt_draw
+        """``real_heldout``: for each test prompt the evaluation draws at a seed (``evaluation_prompts``, the same
+        :func:`prompt_order`), the first ``length`` tokens of the review it opens (decoded as the generator's are):
+        the real continuation of the same prompt, so the row pairs with the generators' rows prompt by prompt."""
 
         def draw(seed: int, num: int) -> list[str]:
-            pool, reviews = self._prompts("heldout")
-            pick = prompt_draw(seed, num, len(pool)).tolist()
+            pool, reviews = self._prompts("test")
+            pick = prompt_order(seed, num, len(pool), pool="test split").tolist()
             return self.decode(self.vocab.encode([reviews[i] for i in pick], self.length))
 
         return {"real_heldout": draw}
@@ -327,12 +274,14 @@ class TextTask(Task):
     def design_columns(self, sequences, seed=0, prompts=None, device="cpu") -> dict[str, np.ndarray]:
         from .judge import vader_sentiment
 
+        scorer = self.scorer(device=device)
         texts = list(sequences)
-        heads = [""] * len(texts) if prompts is None else list(prompts)
+        heads = scorer._heads(texts, prompts)
+        completions = [t[len(h) :] for t, h in zip(texts, heads)]
         return {  # the scorer's per-sequence scores but the reward, which the engine calls and counts
-            "judge": vader_sentiment(texts),
-            "pretrained_nll_per_token": self.scorer(device=device).pretrained_nll(texts, heads, seed),
-            "repeated_4grams": np.array([repeated_ngrams(t) for t in texts], dtype=np.float64),
+            "judge": vader_sentiment(completions),
+            "pretrained_nll_per_token": scorer.pretrained_nll(texts, heads, seed),
+            "repeated_4grams": np.array([repeated_ngrams(c) for c in completions], dtype=np.float64),
         }
 
     def write_designs(self, table, folder: Path) -> list[str]:
