@@ -133,4 +133,9 @@ def test_dna_roles_never_mix(monkeypatch):
     assert not set(atac["data"]["train_chromosomes"]) & set(guard["data"]["train_chromosomes"])
     assert denoiser_file("pretrained").name == "generator_v2.safetensors"
     gen = card("generator_v2")
+    from dataclasses import asdict
+
+    from sepo_ray.tasks.dna.pretrain import CONFIGS
+
+    assert gen["train_config"] == json.loads(json.dumps(asdict(CONFIGS["generator_v2"])))  # `pretrain` rebuilds it
     assert gen["data"]["rows"] == "train_all" and gen["data"]["num_train"] == len(data.split("train_all"))
