@@ -137,5 +137,7 @@ def test_dna_roles_never_mix(monkeypatch):
 
     from sepo_ray.tasks.dna.pretrain import CONFIGS
 
-    assert gen["train_config"] == json.loads(json.dumps(asdict(CONFIGS["generator_v2"])))  # `pretrain` rebuilds it
+    assert gen["train_config"] == json.loads(
+        json.dumps(asdict(CONFIGS["generator_v2"]))
+    )  # `pretrain` rebuilds it
     assert gen["data"]["rows"] == "train_all" and gen["data"]["num_train"] == len(data.split("train_all"))
