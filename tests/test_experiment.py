@@ -243,6 +243,9 @@ def test_realism_thresholds_come_from_the_task(tmp_path):
 
     dna, toy = get_task("dna"), get_task("toy")
     assert dna.validation_realism_min > 0 and toy.validation_realism_min == 0
+    assert (
+        get_task("text").validation_realism_min > 0
+    )  # selection on the training reward needs a realism floor
     exp = prepare(
         "dna", tmp_path, ["pretrained"], [64], [0], design_size=8, design_batches=1, references=False
     )
