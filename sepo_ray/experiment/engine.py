@@ -137,10 +137,10 @@ class Experiment:
         return it, gens
 
     # -------------------------------------------------------------------------------------------- rows
-    def row_sources(self, done: list[dict]) -> list[tuple[Entry, int | None, Callable]]:
+    def row_sources(self) -> list[tuple[Entry, int | None, Callable]]:
         """Every row in order, as (entry, budget, source); ``source()`` gives (fingerprint source, row callable
         seed -> sequences, info). Budgets ascend, half budgets included when finetuned_best_of_n needs them (it
-        reads the rows evaluated so far from ``done``)."""
+        picks its base run by the validation signal, :meth:`validation_of`, never by evaluated rows)."""
         task, num, design, pools = self.task, self.num, self.design_size, self.output / "pools"
         pretrained = {s: "pretrained" for s in self.seeds}
         combo = next((e for e in self.entries.values() if e.method.kind == "finetune+selection"), None)
@@ -200,7 +200,7 @@ class Experiment:
                 elif entry.method.kind == "selection":
                     plan.append((entry, b, self._svdd_source(b)))
             if combo is not None:
-                plan.append((combo, b, self._combo_source(b, done)))
+                plan.append((combo, b, self._combo_source(b)))
         return plan
 
     def _svdd_source(self, b: int) -> Callable:
@@ -248,13 +248,11 @@ class Experiment:
         save_json_cache(path, key, out)
         return out
 
-    def _combo_source(self, b: int, done: list[dict]) -> Callable:
+    def _combo_source(self, b: int) -> Callable:
         def finetuned_best_of_n():
             half, n = b // 2, (b - b // 2) // self.design_size
             trained = [e.name for e in self.trained]
-            signals = {
-                m: self.validation_of(m, half) for m in trained
-            }  # never the evaluation rows in ``done``
+            signals = {m: self.validation_of(m, half) for m in trained}  # never an evaluation row
             floor = float(self.task.validation_realism_min)
             ok = [m for m in trained if signals[m].get("validation_realism", floor) >= floor] or trained
             m = max(ok, key=lambda name: signals[name].get("validation_score", 0.0))

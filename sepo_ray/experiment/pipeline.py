@@ -148,7 +148,7 @@ def run_experiment(exp: Experiment, tune_only: bool = False) -> dict | None:
                 ray.shutdown()
     exp.check_generators()
     rows, frames = [], []
-    plan = exp.row_sources(rows)
+    plan = exp.row_sources()
     for i, (entry, budget, source) in enumerate(plan, 1):
         row, samples = exp.evaluate(i, len(plan), entry, budget, source)
         rows.append(row)
