@@ -368,3 +368,18 @@ def test_compare_defaults_to_the_task_run_budget_and_the_table_2_methods(tmp_pat
     assert exp.budgets == [512] and exp.references and exp.tuning.trials == 0
     assert list(exp.entries) == ["pretrained", "best_of_n", "sepo", "sepo_no_snis", "sepo_gradient_flow",
                                  "trajectory", "sepo_t", "actor_critic"]  # fmt: skip
+
+
+def test_default_methods_leave_out_what_the_task_cannot_run(tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def prepare(task, output, methods, *rest):
+        seen["methods"] = methods
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("sepo_ray.experiment.prepare", prepare)
+    assert frontier_main(["text", "--output", str(tmp_path)]) == 2
+    assert "svdd" not in seen["methods"] and "best_of_n" in seen["methods"]
+    assert "leaving out svdd for task text: SVDD does not condition on prompts" in capsys.readouterr().out
+    assert frontier_main(["dna", "--output", str(tmp_path)]) == 2
+    assert "svdd" in seen["methods"]

@@ -141,3 +141,19 @@ def test_dna_roles_never_mix(monkeypatch):
         json.dumps(asdict(CONFIGS["generator_v2"]))
     )  # `pretrain` rebuilds it
     assert gen["data"]["rows"] == "train_all" and gen["data"]["num_train"] == len(data.split("train_all"))
+
+
+def test_shipped_sweeps_train_with_the_tuning_seed_and_select_on_validation():
+    from pathlib import Path
+
+    import yaml
+
+    from sepo_ray.protocol import TUNING_SEED
+
+    files = sorted((Path(__file__).resolve().parents[1] / "tune_configs").glob("*.yaml"))
+    assert files
+    for path in files:
+        raw = yaml.safe_load(path.read_text())
+        assert raw["base_config"]["seed"] == TUNING_SEED, path.name
+        assert raw["select_metric"] == "sepo/validation_score", path.name
+        assert "sepo/validation_realism" in raw.get("select_min", {}), path.name

@@ -69,9 +69,8 @@ def parser(command: str) -> argparse.ArgumentParser:
     )
     p.add_argument("task", nargs="?", default="dna", help="task name or module:TaskClass (default dna)")
     p.add_argument("--output", type=Path, required=True, help="experiment folder (runs, rows, report)")
-    p.add_argument(
-        "--methods", default=",".join(d["methods"]), help=f"comma-separated subset of {list(METHODS)}"
-    )
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {list(METHODS)} (default: "
+                   f"{','.join(d['methods'])}, less those the task cannot run)")  # fmt: skip
     p.add_argument("--budgets", default=d["budgets"],
                    help="oracle calls per design batch (default: " + (d["budgets"] or "the task's `run` budget") + ")")  # fmt: skip
     p.add_argument(
