@@ -383,3 +383,37 @@ def test_default_methods_leave_out_what_the_task_cannot_run(tmp_path, capsys, mo
     assert "leaving out svdd for task text: SVDD does not condition on prompts" in capsys.readouterr().out
     assert frontier_main(["dna", "--output", str(tmp_path)]) == 2
     assert "svdd" in seen["methods"]
+
+
+def test_tuning_runs_as_many_trials_at_once_as_the_cpus_hold_at_their_threads(monkeypatch):
+    from sepo_ray.experiment.plan import plan_entries
+    from sepo_ray.experiment.tuning import tuning_sweep
+    from sepo_ray.tasks import get_task
+
+    monkeypatch.setattr("sepo_ray.resolve.machine_threads", lambda: 2)
+    entry = plan_entries(["sepo"])["sepo"]
+
+    def at_once(fixed, cpus, trials=4):
+        return tuning_sweep(get_task("toy"), entry, fixed, ["kl_alpha"], trials, 0, 64, 0.0, 64, cpus).max_concurrent_trials
+
+    assert at_once({}, 2) == 1  # torch_threads 0: each trial runs 2 threads, as the reported runs do
+    assert at_once({"torch_threads": 1}, 2) == 2
+    assert at_once({"torch_threads": 2}, 8) == 4 and at_once({"torch_threads": 2}, 8, trials=3) == 3
+    assert at_once({"torch_threads": 4}, 2) == 1
+
+
+def test_tuning_is_charged_its_training_and_validation_calls():
+    from sepo_ray.experiment.tuning import charged_calls
+
+    trials = [
+        {"metrics": {"num_env_steps_sampled_lifetime": 512.0, "sepo/validation_calls": 1024.0,
+                     "sepo/validation_score": {"num_reports": 8}}},
+        {"metrics": {"num_env_steps_sampled_lifetime": 128.0, "sepo/validation_calls": 256.0,
+                     "sepo/validation_score": {"num_reports": 2}}},
+    ]  # fmt: skip
+    assert charged_calls({"trials": trials}) == 512 + 1024 + 128 + 256
+    # a sweep.json written before the validation count was kept: charged the samples of each validation report
+    for t in trials:
+        t["metrics"]["sepo/validation_calls"] = None
+    assert charged_calls({"trials": trials}, validation_samples=128) == 512 + 8 * 128 + 128 + 2 * 128
+    assert charged_calls({"trials": trials}) == 512 + 128  # nothing to count them by

@@ -18,7 +18,7 @@ def test_layers_apply_in_order_and_name_their_source():
     s = resolve_settings(DNA)
     for name, value in DNA.default_settings.items():
         assert (s[name], s.sources[name]) == (value, "task dna")
-    assert (s["lr"], s.sources["lr"]) == (SETTINGS["lr"].default, "default")
+    assert (s["clip_eps"], s.sources["clip_eps"]) == (SETTINGS["clip_eps"].default, "default")
     assert s["reward"] == "dna_ft_accessible"  # the default run's guarded reward
     s = resolve_settings(DNA, benchmark=True)  # comparisons spend every call on the benchmark's reward
     assert (s["reward"], s.sources["reward"]) == ("dna_ft", "benchmark")
@@ -86,7 +86,7 @@ def test_a_resume_keeps_the_recorded_values_and_changes_only_resumable_ones():
         ValueError, match=r"--seed 3: this run was trained with seed=0; changing it would not"
     ):
         resolve_settings(DNA, recorded=recorded, cli={"seed": 3}, cli_flags={"seed": "--seed"})
-    with pytest.raises(ValueError, match=r"--set kl_alpha: this run was trained with kl_alpha=0.4"):
+    with pytest.raises(ValueError, match=r"--set kl_alpha: this run was trained with kl_alpha=0.25"):
         resolve_settings(DNA, recorded=recorded, cli={"kl_alpha": 1.0})
 
 
@@ -95,7 +95,7 @@ def test_a_resumed_run_keeps_its_settings_when_the_task_defaults_change(monkeypa
 
     recorded = dict(resolve_settings(DNA).values)
     monkeypatch.setattr(DNATask, "default_settings", {"objective": "sepo", "kl_alpha": 3.0})
-    assert resolve_settings(DNA, recorded=recorded)["kl_alpha"] == 0.4
+    assert resolve_settings(DNA, recorded=recorded)["kl_alpha"] == 0.25
     assert resolve_settings(DNA)["kl_alpha"] == 3.0
 
 

@@ -552,6 +552,14 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
         if real["last"] is not None:
             assert -1.0 <= real["last"] <= 1.0
     assert any(t["metrics"]["sepo/validation_realism"]["num_reports"] for t in report["trials"])
+    # the validation samples are oracle calls, kept in the history and charged to the tuning with the training calls
+    from sepo_ray.experiment.tuning import TUNE_CLOCK, charged_calls
+
+    for t in report["trials"]:
+        assert t["metrics"]["sepo/validation_calls"] == 8 * t["metrics"]["sepo/validation_score"]["num_reports"]
+    assert charged_calls(report) == sum(
+        t["metrics"][TUNE_CLOCK] + t["metrics"]["sepo/validation_calls"] for t in report["trials"]
+    ) > sum(t["metrics"][TUNE_CLOCK] for t in report["trials"])
     # every trial writes the curves a run writes: the same tags against the oracle calls spent
     from tests.test_curves import read_scalars
 

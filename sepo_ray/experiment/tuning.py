@@ -11,15 +11,20 @@ from pathlib import Path
 TUNE_CLOCK = "num_env_steps_sampled_lifetime"
 
 
-def charged_calls(report: Mapping) -> int:
+def charged_calls(report: Mapping, validation_samples: int | None = None) -> int:
     """The oracle calls a tuning sweep spent, every trial's: the sequences it sampled (one call each, ASHA-stopped
-    trials included) plus the samples its validation signal scored. What the cost axis charges the method."""
+    trials included) plus the samples its validation signal scored. What the cost axis charges the method. A
+    sweep.json whose trials lack the validation count (written before it was kept) is charged
+    ``validation_samples`` per validation report."""
     from sepo_ray.sweeps.report import VALIDATION_CALLS
 
     total = 0
     for row in report.get("trials", []):
         m = row.get("metrics", {})
-        total += int(m.get(TUNE_CLOCK) or 0) + int(m.get(VALIDATION_CALLS) or 0)
+        validation = m.get(VALIDATION_CALLS)
+        if validation is None and validation_samples:
+            validation = validation_samples * int((m.get("sepo/validation_score") or {}).get("num_reports") or 0)
+        total += int(m.get(TUNE_CLOCK) or 0) + int(validation or 0)
     return total
 
 
@@ -48,7 +53,13 @@ def tuning_sweep(
         "seed": seed,
     }
     base = {k: v for k, v in base.items() if k not in searched}
-    concurrent = max(1, min(2, num_cpus or 2))
+    # trials at once: as many as the CPUs hold at the trial's torch threads (0: every CPU of the machine, the
+    # driver's own count, so that a trial reproduces a reported run); more would thrash (measured on 2 cores, DNA
+    # trajectory trials with validation: two 2-thread trials at once took 127 s per iteration each, one alone 31 s)
+    from sepo_ray.resolve import machine_threads
+
+    threads = int(base.get("torch_threads") or 0) or machine_threads()
+    concurrent = max(1, min(trials, (num_cpus or machine_threads()) // threads))
     raw = {
         "name": f"tune_{entry.name}",
         "description": f"equal tuning of {entry.name}",
@@ -99,6 +110,10 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
         previous = saved.get(method)
         if previous is not None and previous.get("search") == search:
             print(f"== tuning {method}: reusing {path} (same search)", flush=True)
+            sweep_file = out / previous.get("sweep", "")
+            if previous.get("sweep") and sweep_file.is_file():  # charged as today's accounting counts
+                previous["calls"] = charged_calls(json.loads(sweep_file.read_text()), tuning.samples)
+                write_json(path, saved)
             result[method] = previous
             continue
         sweep_dir = out / "tuning" / method
@@ -121,7 +136,7 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
         entry = {
             "search": search,
             "sweep": report_path.relative_to(out).as_posix(),
-            "calls": charged_calls(report),
+            "calls": charged_calls(report, tuning.samples),
         }
         if best is None:
             print(f"== tuning {method}: no trial qualified; the defaults stay", flush=True)

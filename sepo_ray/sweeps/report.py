@@ -12,6 +12,8 @@ from .spec import SchedulerSpec, SweepSpec
 
 #: the oracle calls a trial spent on its validation signal (charged to the tuning like its training calls)
 VALIDATION_CALLS = "sepo/validation_calls"
+#: the oracle calls a trial spent training (one per sampled sequence), whatever the scheduler's clock
+SAMPLED_CALLS = "num_env_steps_sampled_lifetime"
 
 
 def asha_rungs(scheduler: SchedulerSpec) -> list[float]:
@@ -58,7 +60,7 @@ def summarize_trial(record: Mapping, spec: SweepSpec) -> dict:
     metrics[spec.select_metric] = summary(spec.select_metric, spec.select_mode)
     for key in spec.select_min:
         metrics.setdefault(key, summary(key, "max"))
-    for key in ("training_iteration", spec.scheduler.time_attr, VALIDATION_CALLS, *spec.stop):
+    for key in ("training_iteration", spec.scheduler.time_attr, SAMPLED_CALLS, VALIDATION_CALLS, *spec.stop):
         if key not in metrics:
             metrics[key] = _finite(last.get(key))
 

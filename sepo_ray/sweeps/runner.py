@@ -16,7 +16,7 @@ from typing import Any
 from sepo_ray.runtime import init_ray, write_json
 
 from .preflight import check_gpus, check_rewards, cluster_gpus, trial_gpu_requests
-from .report import format_report, interrupted_line, sweep_report
+from .report import SAMPLED_CALLS, VALIDATION_CALLS, format_report, interrupted_line, sweep_report
 from .space import (
     announce_trial_resources,
     build_param_space,
@@ -55,6 +55,12 @@ def check_against_config(spec: SweepSpec, config_cls: type) -> None:
             validate({param.field: value}, f"search_space.{param.field}={value!r}")
 
 
+def history_keys(spec: SweepSpec) -> set[str]:
+    """What a trial's history keeps: the progress table's metrics, the stop keys and the oracle calls it spent,
+    training and validation (what the tuning's cost charges, whatever the scheduler's clock)."""
+    return set(shown_metrics(spec)) | set(spec.stop) | {SAMPLED_CALLS, VALIDATION_CALLS}
+
+
 def _history(df: Any, wanted: set[str]) -> list[dict]:
     if df is None or not len(df):
         return []
@@ -70,7 +76,7 @@ def _analysis_records(analysis: Any, spec: SweepSpec) -> list[dict]:
     the trial itself (its last result says ``done``: ASHA, a stop threshold, max_t), and ``checkpoint``."""
     from ray.tune import ResultGrid
 
-    wanted = set(shown_metrics(spec)) | set(spec.stop)
+    wanted = history_keys(spec)
     frames = analysis.trial_dataframes
     records = []
     for trial in analysis.trials:
@@ -99,7 +105,7 @@ def _trial_records(grid: Any, spec: SweepSpec) -> list[dict]:
     analysis = getattr(grid, "_experiment_analysis", None)
     if getattr(analysis, "trials", None) is not None:
         return _analysis_records(analysis, spec)
-    wanted = set(shown_metrics(spec)) | set(spec.stop)
+    wanted = history_keys(spec)
     records = []
     for result in grid:
         metrics, config = result.metrics or {}, result.config or {}

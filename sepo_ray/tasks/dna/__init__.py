@@ -46,11 +46,13 @@ class DNATask(Task):
     artifact_dir = Path(__file__).resolve().parent / "artifacts"
 
     # The default run: the trajectory objective, which under the protocol beats sepo_t and ties with SEPO at t -> 0
-    # at 512 calls and alpha 1 while keeping 3-mer >= 0.9 (docs/results.md, Table 2 under the protocol). Its alpha 0.4
-    # and the accessibility guard in its reward (log P(real DHS) under the k-mer guard, never the ATAC classifier)
-    # were chosen before the protocol, by reading the evaluation oracle and ATAC: they await a choice on the
-    # validation signal. The comparisons train on default_reward alone (the benchmark layer of sepo_ray.resolve).
-    default_settings = {"objective": "trajectory", "kl_alpha": 0.4, "reward": "dna_ft_accessible"}
+    # at 512 calls and alpha 1 while keeping 3-mer >= 0.9 (docs/results.md, Table 2 under the protocol). Its alpha and
+    # lr are the choice of tune_configs/dna_default.yaml on the validation signal alone (tuning seed 1000; rounded to
+    # two digits; docs/results/protocol/dna_default/sweep.json). The accessibility guard in its reward (log P(real
+    # DHS) under the k-mer guard, never the ATAC classifier) and its weight were chosen before the protocol, by
+    # reading ATAC; the validation signal measures no accessibility, so that weight stays a stated design choice.
+    # The comparisons train on default_reward alone (the benchmark layer of sepo_ray.resolve).
+    default_settings = {"objective": "trajectory", "kl_alpha": 0.25, "lr": 4.3e-4, "reward": "dna_ft_accessible"}
     default_iterations = 16  # 512 fine-tuning-oracle calls, about 4 minutes on 2 CPUs
     validation_realism_min = 0.85  # tuning keeps a trial whose validation 3-mer correlation stays DNA-like
     validation_signal = (

@@ -125,7 +125,8 @@ class SEDDTextTask(TextTask):
     num_tokens = GPT2_VOCAB_SIZE  # MASK = 50,257
     artifact_dir = ARTIFACT_DIR / "reward"  # the reward classifier; the likelihood's checkpoint: see below
     # default_settings: text's (inherited): J = 8 of the 50,256 other tokens per position, SEPO at every noise
-    # level, light KL, 8 prompts x 4 completions per iteration
+    # level, 8 prompts x 4 completions per iteration; alpha and lr as validated for the small text generator, not
+    # for this one
     # 2,048 reward calls; meant for a GPU (num_gpus_per_learner=1): each step of the sampler and the learner runs
     # a 170M+ parameter net with a 50,257-way output over 32 x 128 positions (not yet measured)
     default_iterations = 64
