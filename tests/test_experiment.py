@@ -355,6 +355,41 @@ def test_tuning_writes_its_choice_and_the_runs_use_it(ray_session, tmp_path, mon
     assert "tuning sepo: reusing" in capsys.readouterr().out
 
 
+def test_a_tuning_stopped_by_ctrl_c_chooses_nothing_and_the_same_command_resumes_it(
+    tmp_path, monkeypatch, capsys
+):
+    from sepo_ray import sweeps
+    from sepo_ray.runtime import write_json
+
+    cut = {"now": True}
+
+    def fake_sweep(
+        spec, output, resume=False, **kwargs
+    ):  # Ctrl-C inside Tune: run_sweep returns a cut report
+        status = "interrupted" if cut["now"] else "TERMINATED"
+        rows = [{"trial_id": "a", "status": status, "config": {"kl_alpha": 0.05}, "history": [
+            {"sepo/reward_mean": 0.3, "num_env_steps_sampled_lifetime": 16, "training_iteration": 2}]}]  # fmt: skip
+        report = sweeps.sweep_report(
+            spec, rows, resume_command="python -m sepo_ray.sweep F --resume" if cut["now"] else None
+        )
+        write_json(output / "sweep.json", report)
+        return report
+
+    monkeypatch.setattr(sweeps, "run_sweep", fake_sweep)
+    args = ["toy", "--output", str(tmp_path / "exp dir"), "--budgets", "16", "--design-size", "8",
+            "--design-batches", "1", "--seeds", "0", "--methods", "sepo", "--tune-trials", "3", *SMALL, "--set", "lr=1e-3",
+            "--tune-realism", "0", "--tune-calls", "16", "--tune-only"]  # fmt: skip
+    assert frontier_main(args) == 130
+    err = capsys.readouterr().err
+    assert "Resume with: sepo-ray frontier toy --output '" in err and "Traceback" not in err
+    # the cut search chose nothing: no "defaults" saved that a resumed command would reuse
+    assert not (tmp_path / "exp dir" / "tuning.json").exists()
+    cut["now"] = False
+    assert frontier_main(args) == 0
+    tuning = json.loads((tmp_path / "exp dir" / "tuning.json").read_text())
+    assert tuning["sepo"]["source"] == "tune" and tuning["sepo"]["config"] == {"kl_alpha": 0.05}
+
+
 def test_compare_defaults_to_the_task_run_budget_and_the_table_2_methods(tmp_path, capsys, monkeypatch):
     import sepo_ray.experiment.pipeline as pipeline
 
@@ -394,7 +429,9 @@ def test_tuning_runs_as_many_trials_at_once_as_the_cpus_hold_at_their_threads(mo
     entry = plan_entries(["sepo"])["sepo"]
 
     def at_once(fixed, cpus, trials=4):
-        return tuning_sweep(get_task("toy"), entry, fixed, ["kl_alpha"], trials, 0, 64, 0.0, 64, cpus).max_concurrent_trials
+        return tuning_sweep(
+            get_task("toy"), entry, fixed, ["kl_alpha"], trials, 0, 64, 0.0, 64, cpus
+        ).max_concurrent_trials
 
     assert at_once({}, 2) == 1  # torch_threads 0: each trial runs 2 threads, as the reported runs do
     assert at_once({"torch_threads": 1}, 2) == 2

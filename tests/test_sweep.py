@@ -556,10 +556,14 @@ def test_four_trial_cpu_sweep_of_sepo(ray_session, tmp_path):
     from sepo_ray.experiment.tuning import TUNE_CLOCK, charged_calls
 
     for t in report["trials"]:
-        assert t["metrics"]["sepo/validation_calls"] == 8 * t["metrics"]["sepo/validation_score"]["num_reports"]
-    assert charged_calls(report) == sum(
-        t["metrics"][TUNE_CLOCK] + t["metrics"]["sepo/validation_calls"] for t in report["trials"]
-    ) > sum(t["metrics"][TUNE_CLOCK] for t in report["trials"])
+        assert (
+            t["metrics"]["sepo/validation_calls"] == 8 * t["metrics"]["sepo/validation_score"]["num_reports"]
+        )
+    assert (
+        charged_calls(report)
+        == sum(t["metrics"][TUNE_CLOCK] + t["metrics"]["sepo/validation_calls"] for t in report["trials"])
+        > sum(t["metrics"][TUNE_CLOCK] for t in report["trials"])
+    )
     # every trial writes the curves a run writes: the same tags against the oracle calls spent
     from tests.test_curves import read_scalars
 

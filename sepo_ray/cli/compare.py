@@ -5,6 +5,7 @@ tuning): one experiment (:mod:`sepo_ray.experiment`) with two sets of defaults."
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -164,6 +165,13 @@ def main(argv=None, command: str = "compare") -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # finished runs, rows and tuning stay; the same command resumes the rest
+        again = shlex.join(["sepo-ray", command, *(sys.argv[1:] if argv is None else argv)])
+        print(
+            f"\ninterrupted; the finished work in {args.output} is kept. Resume with: {again}",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -23,7 +23,9 @@ def charged_calls(report: Mapping, validation_samples: int | None = None) -> int
         m = row.get("metrics", {})
         validation = m.get(VALIDATION_CALLS)
         if validation is None and validation_samples:
-            validation = validation_samples * int((m.get("sepo/validation_score") or {}).get("num_reports") or 0)
+            validation = validation_samples * int(
+                (m.get("sepo/validation_score") or {}).get("num_reports") or 0
+            )
         total += int(m.get(TUNE_CLOCK) or 0) + int(validation or 0)
     return total
 
@@ -132,6 +134,8 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
 
         resume = tune.Tuner.can_restore(str((sweep_dir / spec.name).resolve()))
         report = run_sweep(spec, sweep_dir, resume=resume, verbose=1)
+        if report.get("interrupted"):  # a cut search chooses nothing: kept for the same command to resume it
+            raise KeyboardInterrupt(f"tuning of {method} stopped by Ctrl-C")
         best = report.get("best")
         entry = {
             "search": search,

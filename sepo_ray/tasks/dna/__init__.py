@@ -52,7 +52,12 @@ class DNATask(Task):
     # DHS) under the k-mer guard, never the ATAC classifier) and its weight were chosen before the protocol, by
     # reading ATAC; the validation signal measures no accessibility, so that weight stays a stated design choice.
     # The comparisons train on default_reward alone (the benchmark layer of sepo_ray.resolve).
-    default_settings = {"objective": "trajectory", "kl_alpha": 0.25, "lr": 4.3e-4, "reward": "dna_ft_accessible"}
+    default_settings = {
+        "objective": "trajectory",
+        "kl_alpha": 0.25,
+        "lr": 4.3e-4,
+        "reward": "dna_ft_accessible",
+    }
     default_iterations = 16  # 512 fine-tuning-oracle calls, about 4 minutes on 2 CPUs
     validation_realism_min = 0.85  # tuning keeps a trial whose validation 3-mer correlation stays DNA-like
     validation_signal = (
