@@ -238,6 +238,33 @@ def test_every_entry_gets_the_same_search():
     assert "kl_alpha" not in dna.base_config  # searched, though DNA's run defaults fix it
 
 
+def test_tuning_validates_at_the_rungs_and_the_end_only():
+    """Each validation check is charged validation_samples calls: a trial checks at ASHA's rungs and its end."""
+    from sepo_ray.experiment.plan import plan_entries
+    from sepo_ray.experiment.tuning import charged_calls, tuning_sweep
+    from sepo_ray.sweeps import sweep_report
+    from sepo_ray.sweeps.report import asha_rungs
+    from sepo_ray.tasks import get_task
+
+    dna, entry = get_task("dna"), plan_entries(["trajectory"])["trajectory"]
+    spec = tuning_sweep(dna, entry, {}, ["kl_alpha", "lr"], 4, 0, 2048, 0.85, 128, 2)
+    interval = spec.base_config["validation_interval"]
+    assert interval == 16  # 32 sequences per iteration: 512 calls, the first rung
+    checks = [i * 32 for i in range(1, 2048 // 32 + 1) if i % interval == 0]
+    assert checks == [512, 1024, 1536, 2048] and set(asha_rungs(spec.scheduler)) <= set(checks)
+    # a full trial is charged 2,048 training calls and 4 x 128 validation calls (it was 32 x 128 every 2 iterations)
+    history = [{"num_env_steps_sampled_lifetime": c, "sepo/validation_calls": 128 * (c // 512),
+                "sepo/reward_mean": 0.0, "sepo/validation_score": 0.0, "sepo/validation_realism": 0.9}
+               for c in range(32, 2049, 32)]  # fmt: skip
+    report = sweep_report(spec, [{"trial_id": "a", "status": "TERMINATED", "config": {}, "history": history}])
+    assert charged_calls(report) == 2048 + 512
+    small = tuning_sweep(dna, entry, {}, ["kl_alpha"], 2, 0, 64, 0.9, 64, 2)  # 2 iterations: check each
+    assert small.base_config["validation_interval"] == 1
+    toy = tuning_sweep(get_task("toy"), entry, {"prompts_per_batch": 2, "group_size": 5}, ["kl_alpha"], 2, 0, 100,
+                       0.0, 8, 2)  # fmt: skip
+    assert toy.base_config["validation_interval"] == 2  # 10 iterations: a quarter is 2 (floor), dividing 10
+
+
 def test_realism_thresholds_come_from_the_task(tmp_path):
     from sepo_ray.tasks import get_task
 

@@ -30,13 +30,29 @@ def charged_calls(report: Mapping, validation_samples: int | None = None) -> int
     return total
 
 
+def validation_interval(task, entry, fixed: Mapping, max_calls: int) -> int:
+    """Iterations between a tuning trial's validation checks: those of a quarter of the horizon (ASHA's first rung),
+    dividing the horizon's iterations, so that a trial is validated at each rung and at its end. Nothing reads the
+    validation signal in between (ASHA ranks on the training reward, the choice on the last validation), and each
+    check costs ``validation_samples`` oracle calls charged to the method: every 2 iterations, a DNA trial's checks
+    cost twice its training calls."""
+    import math
+
+    from sepo_ray.resolve import resolve_settings
+
+    settings = resolve_settings(task, benchmark=True, method=entry.settings, cli=dict(fixed))
+    iterations = max(1, max_calls // (int(settings["prompts_per_batch"]) * int(settings["group_size"])))
+    return math.gcd(iterations, max(1, iterations // 4))
+
+
 def tuning_sweep(
     task, entry, fixed: Mapping, searched: Sequence[str], trials: int, search_seed: int, max_calls: int,
     realism_min: float, validation_samples: int, num_cpus: int | None, seed: int = 1000,
 ):  # fmt: skip
     """The same Ray Tune search for every method (a :class:`~sepo_ray.sweeps.SweepSpec`): ``searched`` fields
     log-uniform in the method's ``tunable`` ranges, ``trials`` samples with search seed ``search_seed``, ASHA on the oracle calls a
-    trial has spent up to ``max_calls`` (rungs at a quarter and a half), best by the validation score among
+    trial has spent up to ``max_calls`` (rungs at a quarter and a half; validated at each rung and at the end,
+    :func:`validation_interval`), best by the last validation score among
     trials whose validation realism stays >= ``realism_min`` (0: no guard), never an evaluation signal; every trial
     trains with ``seed`` (a tuning seed, never a reported one); ``entry`` (:class:`~.plan.Entry`). Calls, not
     seconds: the frontier's axis, and a clock that neither machine load nor a method's cost per call (trajectory
@@ -48,7 +64,7 @@ def tuning_sweep(
         **fixed,
         **entry.settings,
         "task": task.spec or task.name,
-        "validation_interval": 2,
+        "validation_interval": validation_interval(task, entry, fixed, max_calls),
         "validation_samples": validation_samples,
         "num_env_runners": 0,
         "num_learners": 0,
@@ -98,6 +114,7 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
             "trials": tuning.trials, "search_seed": tuning.search_seed, "max_calls": tuning.calls,
             "realism_min": tuning.realism_min, "space": {f: list(entry.method.tunable[f]) for f in searched},
             "validation_samples": tuning.samples,
+            "validation_interval": validation_interval(task, entry, fixed, tuning.calls),
             "seed": tuning.seed,
             "fixed": dict(fixed),
         }  # fmt: skip
