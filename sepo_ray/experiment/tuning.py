@@ -150,7 +150,8 @@ def tune_entries(task, out: Path, entries: Sequence, common: dict, own: dict, ch
         from ray import tune
 
         resume = tune.Tuner.can_restore(str((sweep_dir / spec.name).resolve()))
-        report = run_sweep(spec, sweep_dir, resume=resume, verbose=1)
+        hint = "the same compare / frontier command (it resumes this search)"
+        report = run_sweep(spec, sweep_dir, resume=resume, verbose=1, resume_hint=hint)
         if report.get("interrupted"):  # a cut search chooses nothing: kept for the same command to resume it
             raise KeyboardInterrupt(f"tuning of {method} stopped by Ctrl-C")
         best = report.get("best")

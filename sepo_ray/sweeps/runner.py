@@ -263,6 +263,7 @@ def run_sweep(
     address: str | None = None,
     verbose: int = 1,
     sweep_file: str | os.PathLike | None = None,
+    resume_hint: str | None = None,
 ) -> dict:
     """Run (or with ``resume`` continue) the sweep; write ``output/sweep.json``; return its content.
 
@@ -272,7 +273,8 @@ def run_sweep(
     the end; an already initialised Ray is used as is. ``verbose``: 0 silent, 1 Tune's status table (every
     15 s), 2 also a line per trial result. Before Tune starts: every reward spec, and each trial's GPUs
     against the cluster's. Ctrl-C (see :class:`CtrlC`): the report has ``interrupted`` true, the cut trials
-    are ``"interrupted"``, and ``resume_command`` (naming ``sweep_file``) continues the sweep.
+    are ``"interrupted"``, and ``resume_command`` (naming ``sweep_file``, or ``resume_hint`` for a sweep that a
+    larger command runs) continues the sweep.
     """
     from ray import tune
 
@@ -334,7 +336,7 @@ def run_sweep(
         records = (
             _trial_records(grid, spec) if grid is not None else _saved_trial_records(experiment_path, spec)
         )
-        command = resume_command(sweep_file, output, address) if ctrl_c.interrupted else None
+        command = (resume_hint or resume_command(sweep_file, output, address)) if ctrl_c.interrupted else None
         if command:
             records = mark_interrupted(records, command)
         report = sweep_report(spec, records, experiment_path, resume_command=command)
