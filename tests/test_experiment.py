@@ -390,15 +390,12 @@ def test_a_tuning_stopped_by_ctrl_c_chooses_nothing_and_the_same_command_resumes
 
     cut = {"now": True}
 
-    def fake_sweep(
-        spec, output, resume=False, **kwargs
-    ):  # Ctrl-C inside Tune: run_sweep returns a cut report
+    def fake_sweep(spec, output, resume=False, **kwargs):  # Ctrl-C inside Tune: a cut report
+        assert "same compare / frontier command" in kwargs["resume_hint"]  # not a sweep FILE the user lacks
         status = "interrupted" if cut["now"] else "TERMINATED"
         rows = [{"trial_id": "a", "status": status, "config": {"kl_alpha": 0.05}, "history": [
             {"sepo/reward_mean": 0.3, "num_env_steps_sampled_lifetime": 16, "training_iteration": 2}]}]  # fmt: skip
-        report = sweeps.sweep_report(
-            spec, rows, resume_command="python -m sepo_ray.sweep F --resume" if cut["now"] else None
-        )
+        report = sweeps.sweep_report(spec, rows, resume_command=kwargs["resume_hint"] if cut["now"] else None)
         write_json(output / "sweep.json", report)
         return report
 
