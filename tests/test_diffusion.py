@@ -138,6 +138,26 @@ def test_sample_matches_exact_law_and_rescoring(model, corrector_steps):
     assert torch.equal(out.states[:n, 1], out.path.states[:n, idx])
 
 
+@pytest.mark.parametrize("corrector_steps", [0, 1])
+def test_the_sampler_records_each_transitions_log_prob_as_score_path_computes_it(model, corrector_steps):
+    """Path.log_probs (what a rollout keeps instead of re-scoring its path) equals score_path under the
+    sampling weights bit for bit, remask halves included, and sums to the sample's log-probability."""
+    from sepo_ray.models.conv import ConvDenoiser
+
+    gen = torch.Generator().manual_seed(3)
+    out = sample(model, 40, L, 4, corrector_steps=corrector_steps, generator=gen, record_path=True)
+    assert out.path.log_probs.shape == (40, len(out.path.ops))
+    with torch.no_grad():
+        assert torch.equal(out.path.log_probs, score_path(model, out.path, reduce=False))
+    assert torch.allclose(out.path.log_probs.sum(dim=1), out.log_prob, atol=1e-12)
+    torch.manual_seed(1)  # float32 convolutions: the same calls on the same states give the same bits
+    conv = ConvDenoiser(hidden_dim=16, num_cnn_stacks=1, num_tokens=4).eval()
+    with torch.no_grad():
+        out = sample(conv, 6, 20, 5, generator=torch.Generator().manual_seed(0), record_path=True)
+        assert out.path.log_probs.dtype == torch.float32
+        assert torch.equal(out.path.log_probs, score_path(conv, out.path, reduce=False))
+
+
 def test_sample_progress_callback_and_errors(model):
     calls = []
     sample(model, 3, L, 4, progress=lambda done, total: calls.append((done, total)))

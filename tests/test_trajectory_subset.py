@@ -76,3 +76,25 @@ def test_the_objective_on_every_step_is_the_whole_path_and_a_subset_scores_only_
         losses.append(float(loss))
     assert sum(losses) / len(losses) == pytest.approx(float(whole), rel=1e-10)
     assert len(losses) == 15
+
+
+def test_the_rollout_keeps_the_samplers_step_log_probs_without_calling_the_model_again():
+    """old_step_log_prob is score_path's value bit for bit, and the rollout calls the model only for the sampler's
+    own steps: no second pass over the path."""
+    torch.manual_seed(0)
+    model = ToyDenoiser(3, 4).double()
+    spec = update.UpdateSpec(
+        num_tokens=3, objective="trajectory", clip_eps=0.2, kl_alpha=0.0, zero_clipped=True, snis_samples=1,
+        denoise_steps=6, corrector_steps=1, kl_steps=2, noise_states=2, neighbour_positions=None,
+        neighbour_tokens=None, score_estimator="conditional", trajectory_steps=None,
+    )  # fmt: skip
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    batch = update.rollout(model, 8, 4, spec, generator=torch.Generator().manual_seed(1))
+    assert len(calls) == 6 * 2  # a predictor and a corrector's reverse half per step
+    from sepo_ray import diffusion
+
+    ops = diffusion.path_ops(6, 1)
+    with torch.no_grad():
+        again = diffusion.score_path(model, diffusion.Path(batch["path_states"], ops), reduce=False).float()
+    assert torch.equal(batch["old_step_log_prob"], again)

@@ -9,23 +9,18 @@ Pure torch/numpy; no Ray.
 from . import score_entropy
 from .elbo import elbo, elbo_states, elbo_token_log_probs, mdlm_loss
 from .process import MaskingProcess, q_sample
-from .sampler import (
-    CorrectorResult,
-    Path,
-    Sample,
-    StepResult,
-    corrector_step,
-    path_ops,
-    remask_probability,
-    remask_step,
-    sample,
-    score_path,
-    step,
-    time_grid,
-    unmask_probability,
-)
+from .sampler import Path, Sample, path_ops, sample, score_path, time_grid
 from .schedule import LogLinearSchedule
 from .score_entropy import LogLinearNoise, MaskedView, score_entropy_loss
+from .transitions import (
+    CorrectorResult,
+    StepResult,
+    corrector_step,
+    remask_probability,
+    remask_step,
+    step,
+    unmask_probability,
+)
 
 __all__ = [
     "CorrectorResult",

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from .process import MaskingProcess
-from .sampler import _log_softmax, _mask_id, unmask_probability
 from .schedule import LogLinearSchedule
+from .transitions import _log_softmax, _mask_id, unmask_probability
 
 
 def _draw_times(n: int, antithetic: bool, generator, device) -> Tensor:

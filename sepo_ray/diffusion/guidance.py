@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .sampler import _gumbel_argmax, _log_softmax, _mask_id, _model_device, step
 from .schedule import LogLinearSchedule
+from .transitions import _gumbel_argmax, _log_softmax, _mask_id, _model_device, step
 
 Value = Callable[[Tensor], Tensor]
 
@@ -170,7 +170,7 @@ def svdd_sample(
     device: torch.device | str | None = None,
 ) -> GuidedSample:
     """``num_samples`` sequences from the T-step sampler with SVDD at the step indices ``scored_steps`` (k in
-    1..T, step k goes from k/T to (k-1)/T; the others are plain :func:`~sepo_ray.diffusion.sampler.step`).
+    1..T, step k goes from k/T to (k-1)/T; the others are plain :func:`~sepo_ray.diffusion.transitions.step`).
 
     Reward calls: num_samples * num_candidates * len(scored_steps), returned as ``oracle_calls``.
     """

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..diffusion.sampler import unmask_probability
 from ..diffusion.schedule import LogLinearSchedule
+from ..diffusion.transitions import unmask_probability
 
 
 def _log_softmax(logits: Tensor) -> Tensor:

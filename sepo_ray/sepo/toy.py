@@ -15,8 +15,8 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from ..diffusion.sampler import remask_step, step
 from ..diffusion.schedule import LogLinearSchedule
+from ..diffusion.transitions import remask_step, step
 
 
 class ToyDenoiser(nn.Module):

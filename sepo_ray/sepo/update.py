@@ -193,7 +193,10 @@ def rollout(
         ).float()  # (N, S', L)
     if trajectory:  # the baseline keeps the whole path and its per-step log-probabilities
         batch["path_states"] = out.path.states  # (N, P + 1, L)
-        batch["old_step_log_prob"] = diffusion.score_path(model, out.path, schedule, reduce=False).float()
+        step_log_prob = out.path.log_probs  # (N, P) as drawn: score_path's values without its P model calls
+        if step_log_prob is None:
+            step_log_prob = diffusion.score_path(model, out.path, schedule, reduce=False)
+        batch["old_step_log_prob"] = step_log_prob.float()
     return {
         "x": x,
         **batch,

@@ -38,7 +38,8 @@ Modules: `noise` (noise, forward process, reverse rates, step law), `sampler` (s
 `objectives` (DWDSE loss, ELBO, log-scores, `MaskedView`).
 """
 
-from ..sampler import Path, Sample, StepResult
+from ..sampler import Path, Sample
+from ..transitions import StepResult
 from .noise import (
     METHODS,
     LogLinearNoise,

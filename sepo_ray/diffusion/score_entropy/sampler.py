@@ -10,7 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..sampler import Path, Sample, StepResult
+from ..sampler import Path, Sample
+from ..transitions import StepResult
 from .noise import (
     METHODS,
     LogLinearNoise,
