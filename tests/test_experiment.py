@@ -38,7 +38,8 @@ def fake_runs(exp, seed_offset: int = 0, model=None) -> None:
                 save_model(net, folder / entry_dir / "generator.safetensors")
                 checkpoints.append(entry_dir)
             record = {"task": exp.task.name, "settings": dict(settings.values), "sources": dict(settings.sources),
-                      "history": [{"iteration": i + 1, "kl": 0.1 * (i + 1)} for i in range(last)],
+                      "history": [{"iteration": i + 1, "kl": 0.1 * (i + 1), "time_s": 3.0 * (seed + 1)}
+                                  for i in range(last)],
                       "checkpoints": checkpoints, "final_checkpoint": checkpoints[-1]}  # fmt: skip
             (folder / "result.json").write_text(json.dumps(record))
 
@@ -83,6 +84,10 @@ def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, mo
     assert rows["sepo"]["calls"] == {"fine_tuning": 32, "selection": 0} and rows["sepo"]["iterations"] == 4
     assert rows["sepo"]["config"]["objective"] == "sepo" and rows["sepo"]["kl"] == pytest.approx(0.3)
     assert rows["best_of_n"]["cost"] == {"train": 0, "per_design": 4}
+    # each fine-tuned row: its runs' training seconds to the budget (4 iterations of 3 s, 6 s), none for the others
+    assert (
+        rows["sepo"]["train_seconds"] == {"0": 12.0, "1": 24.0} and "train_seconds" not in rows["best_of_n"]
+    )
     for row in rows.values():
         assert row["seeds"] == [0, 1] and row["sequences_per_seed"] == 16
         for stats in row["metrics"].values():
@@ -94,7 +99,9 @@ def test_compare_writes_every_row_and_reevaluates_only_what_changed(tmp_path, mo
 
     samples = pd.read_parquet(tmp_path / "samples.parquet")
     assert samples.groupby("row").size().to_dict() == dict.fromkeys(names, 32)
-    assert "At 32 calls the best mean reward (mean)" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "At 32 calls the best mean reward (mean)" in table
+    assert "| sepo | 32 | 0.3 | " in table and "| best_of_n | 32 | — | " in table  # minutes per seed
 
     def refuse(*args, **kwargs):
         raise AssertionError("evaluated or trained again")

@@ -3,7 +3,6 @@ write the report. ``compare`` (one budget, the paper's Table 2) and ``frontier``
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from sepo_ray.protocol import TUNING_SEED
 
-from .plan import Entry, budget_iterations, checkpoint_every, final_kl, standard_errors
+from .plan import Entry, budget_iterations, checkpoint_every, final_kl, standard_errors, train_seconds
 from .rows import (
     best_of_n_row,
     file_hash,
@@ -305,6 +304,9 @@ class Experiment:
                "cost": info.get("cost") or entry.method.cost(budget or 0, self.design_size),
                "tuning_calls": self.tuning_calls.get(entry.name, 0), "metrics": metrics,
                "seeds": self.seeds, "sequences_per_seed": self.num}  # fmt: skip
+        if entry.method.trains and "iterations" in info:  # each seed's run to this budget, measured
+            history = {s: self.records[entry.name][s]["history"] for s in self.seeds}
+            row["train_seconds"] = {str(s): train_seconds(h, info["iterations"]) for s, h in history.items()}
         shown = f"{self.score} {metrics[self.score]['mean']:.3f} ± {metrics[self.score]['se']:.3f}"
         if self.realism:
             shown += f", {self.realism} {metrics[self.realism]['mean']:.3f}"
@@ -383,16 +385,3 @@ class Experiment:
             f"batch of {self.design_size}, {self.num} sequences x seeds {self.seeds} per row, T = {self.steps}"
             + "".join(f"; {e.name}: {self.batches[e.name]} sequences/iteration" for e in self.trained)
         )
-
-
-def load_configs(path: Path | None) -> dict:
-    """``--configs FILE``: {entry: {key: value}}; ValueError for a file that is not such a JSON object."""
-    if path is None:
-        return {}
-    try:
-        chosen = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--configs {path}: {e}") from None
-    if not isinstance(chosen, dict) or not all(isinstance(v, dict) for v in chosen.values()):
-        raise ValueError(f"--configs {path}: expected a JSON object {{entry: {{key: value}}}}")
-    return chosen

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from sepo_ray.protocol import DESIGNS, check_seeds, protocol_record, winners_by_designs
 
-from .engine import Experiment, Tuning, load_configs
+from .engine import Experiment, Tuning
 from .plan import budget_iterations, plan_entries, split_sets
 
 
@@ -236,3 +237,16 @@ def write_report(exp: Experiment, report: dict, frames: list) -> None:
         plot_reward_kl(report, scorer, out / "reward_kl.png")
     print(text, flush=True)
     sys.stdout.flush()
+
+
+def load_configs(path: Path | None) -> dict:
+    """``--configs FILE``: {entry: {key: value}}; ValueError for a file that is not such a JSON object."""
+    if path is None:
+        return {}
+    try:
+        chosen = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--configs {path}: {e}") from None
+    if not isinstance(chosen, dict) or not all(isinstance(v, dict) for v in chosen.values()):
+        raise ValueError(f"--configs {path}: expected a JSON object {{entry: {{key: value}}}}")
+    return chosen

@@ -106,3 +106,9 @@ def final_kl(history: Sequence[Mapping], iteration: int, window: int = 3) -> flo
     ``iteration`` (one batch's KL is noisy)."""
     kls = [float(h["kl"]) for h in history if h["iteration"] <= iteration][-window:]
     return float(sum(kls) / len(kls)) if kls else float("nan")
+
+
+def train_seconds(history: Sequence[Mapping], iteration: int) -> float:
+    """A run's training time up to ``iteration``: the sum of its iterations' seconds (``time_s``), which a resumed
+    run keeps from before its stop; the time it lay stopped is not counted."""
+    return float(sum(float(h.get("time_s", 0.0)) for h in history if h["iteration"] <= iteration))

@@ -28,8 +28,9 @@ def _ci_bars(metrics: list) -> list[list[float]]:
 
 
 def format_table(report: Mapping, scorer) -> str:
-    """table.md: the protocol, the table (mean [95 % t-interval] over training seeds), per budget the best row
-    against the runner-up (seed-paired: "beats" or "tie"), and the winner at each number of designs K."""
+    """table.md: the protocol, the table (mean [95 % t-interval] over training seeds; a fine-tuned row's measured
+    training minutes per seed), per budget the best row against the runner-up (seed-paired: "beats" or "tie"), and
+    the winner at each number of designs K."""
     from sepo_ray.protocol import paired_verdict
 
     keys = list(scorer.metric_labels)
@@ -66,8 +67,8 @@ def format_table(report: Mapping, scorer) -> str:
         )
     lines += [
         "",
-        "| row | calls | " + " | ".join(labels[k] for k in keys) + " |",
-        "|---|---|" + "---|" * len(keys),
+        "| row | calls | train min/seed | " + " | ".join(labels[k] for k in keys) + " |",
+        "|---|---|---|" + "---|" * len(keys),
     ]
     for row in [*report["rows"], *report["references"]]:
         cells = []
@@ -75,7 +76,9 @@ def format_table(report: Mapping, scorer) -> str:
             m, d = row["metrics"].get(k), digits.get(k, 3)
             cells.append(cell(m, d) if m is not None and m["mean"] == m["mean"] else "—")
         calls = "" if row["budget_calls"] is None else str(row["budget_calls"])
-        lines.append(f"| {row['name']} | {calls} | " + " | ".join(cells) + " |")
+        wall = list((row.get("train_seconds") or {}).values())  # measured per seed; fine-tuned rows only
+        minutes = f"{sum(wall) / len(wall) / 60:.1f}" if wall else "—"
+        lines.append(f"| {row['name']} | {calls} | {minutes} | " + " | ".join(cells) + " |")
     lines.append("")
     guard = f" among rows with {_label(scorer, realism)} >= {floor:g}" if realism else ""
     for budget in report["budgets"]:
