@@ -250,8 +250,8 @@ SEPO_SETTINGS: dict[str, Setting] = {
             "trajectory_steps",
             None,
             "int",
-            "objective 'trajectory': sampler steps of each path re-scored per epoch, a uniform subset reweighted P/k "
-            "(unbiased for the sum over the path; DDPO's timestep fraction); None = every step",
+            "objective 'trajectory': sampler steps of each path re-scored per epoch, a uniform subset drawn per "
+            "sequence, reweighted P/k (unbiased for the sum over the path; DDPO's timestep fraction); None = every step",
             "steps",
             low=1,
             nullable=True,

@@ -9,7 +9,7 @@ Pure torch/numpy; no Ray.
 from . import score_entropy
 from .elbo import elbo, elbo_states, elbo_token_log_probs, mdlm_loss
 from .process import MaskingProcess, q_sample
-from .sampler import Path, Sample, path_ops, sample, score_path, time_grid
+from .sampler import Path, Sample, path_ops, sample, score_path, score_transitions, time_grid
 from .schedule import LogLinearSchedule
 from .score_entropy import LogLinearNoise, MaskedView, score_entropy_loss
 from .transitions import (
@@ -44,6 +44,7 @@ __all__ = [
     "score_entropy",
     "score_entropy_loss",
     "score_path",
+    "score_transitions",
     "step",
     "time_grid",
     "unmask_probability",

@@ -1,6 +1,7 @@
 """Reverse sampler of the masked diffusion model (the one-step laws are in ``transitions``): `sample` draws
 sequences and records what training needs (states at chosen steps, the whole path with each transition's
-log-probability), `score_path` re-scores a recorded path with gradient.
+log-probability), `score_path` re-scores a recorded path with gradient and `score_transitions` chosen transitions
+of it, different ones in each row.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ import torch
 from torch import Tensor
 
 from .schedule import LogLinearSchedule
-from .transitions import _mask_id, _model_device, corrector_step, remask_step, step
+from .transitions import (
+    _log_softmax,
+    _mask_id,
+    _model_device,
+    _step_log_prob,
+    corrector_step,
+    remask_step,
+    step,
+    unmask_probability,
+)
 
 
 @dataclass
@@ -216,3 +226,52 @@ def score_path(
             raise ValueError(f"path.ops entries must be 'reverse' or 'remask', got {kind!r}")
     per_step = _per_transition(terms)  # (N, P)
     return per_step.sum(dim=1) if reduce else per_step
+
+
+def score_transitions(
+    model: Callable[[Tensor], Tensor],
+    path: Path,
+    chosen: Tensor,
+    schedule: LogLinearSchedule | None = None,
+) -> Tensor:
+    """Re-score chosen transitions of a recorded path, other ones in each row, with gradient:
+
+        out[n, i] = log P_theta(states[n, c + 1] | states[n, c]),   c = chosen[n, i],
+
+    i.e. ``score_path(model, path, reduce=False).gather(1, chosen)``, but with one model call on the N k chosen
+    states of "reverse" ops instead of P calls on N states: the denoiser f_theta(z) does not read the time, which
+    enters each row's law only through its unmasking probability p(t, s). path.states (N, P + 1, L), chosen (N, k)
+    long in 0..P-1 -> (N, k) in the widest dtype of the terms."""
+    schedule = schedule if schedule is not None else LogLinearSchedule()
+    states, ops = path.states, path.ops
+    if chosen.dim() != 2 or chosen.shape[0] != states.shape[0]:
+        raise ValueError(f"chosen must have shape (N={states.shape[0]}, k), got {tuple(chosen.shape)}")
+    if chosen.numel() and not 0 <= int(chosen.min()) <= int(chosen.max()) < len(ops):
+        raise ValueError(f"chosen transitions must lie in 0..{len(ops) - 1}")
+    n, k = chosen.shape
+    cols = chosen.to(states.device)  # (N, k)
+    rows = torch.arange(n, device=states.device).unsqueeze(1).expand(n, k)  # (N, k)
+    z = states[rows, cols].reshape(n * k, -1)  # (N k, L)
+    z_next = states[rows, cols + 1].reshape(n * k, -1)  # (N k, L)
+    flat = cols.reshape(-1).tolist()
+    reverse = [i for i, c in enumerate(flat) if ops[c][0] == "reverse"]
+    remask = [i for i, c in enumerate(flat) if ops[c][0] == "remask"]
+    if len(reverse) + len(remask) != len(flat):
+        raise ValueError("path.ops entries must be 'reverse' or 'remask'")
+    parts = []  # (flat indices, their log-probabilities)
+    if reverse:
+        idx = torch.tensor(reverse, device=states.device)
+        logp = _log_softmax(model(z[idx]))  # (R, L, m): one call for every chosen reverse transition
+        p = torch.tensor(
+            [unmask_probability(schedule, *ops[flat[i]][1:]) for i in reverse], dtype=torch.float64
+        )
+        parts.append((idx, _step_log_prob(logp, z[idx], z_next[idx], p, logp.shape[-1])))  # (R,)
+    mask_id = _mask_id(model)
+    for c in sorted({flat[i] for i in remask}):  # parameter-free forward halves, one law per op
+        idx = torch.tensor([i for i in remask if flat[i] == c], device=states.device)
+        parts.append((idx, remask_step(z[idx], *ops[c][1:], schedule, mask_id, z_next=z_next[idx]).log_prob))
+    dtype = max((v.dtype for _, v in parts), key=lambda d: torch.finfo(d).bits)
+    out = torch.zeros(n * k, dtype=dtype, device=states.device)
+    for idx, values in parts:
+        out = out.index_put((idx,), values.to(dtype))  # out of place: the gradient flows to every part
+    return out.reshape(n, k)

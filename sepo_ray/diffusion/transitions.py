@@ -112,18 +112,24 @@ def step(
     return StepResult(z_next, _step_log_prob(logp, z, z_next, p, mask_id))
 
 
-def _step_log_prob(logp: Tensor, z: Tensor, z_next: Tensor, p: float, mask_id: int) -> Tensor:
-    """log P(z_next | z) for the predictor with unmasking probability p: (B, L, m), (B, L), (B, L) -> (B,)."""
+def _step_log_prob(logp: Tensor, z: Tensor, z_next: Tensor, p: float | Tensor, mask_id: int) -> Tensor:
+    """log P(z_next | z) for the predictor with unmasking probability p (a float, or one per row (B,)):
+    (B, L, m), (B, L), (B, L) -> (B,)."""
     masked = z == mask_id  # (B, L)
     revealed = masked & (z_next != mask_id)  # (B, L)
     stays = masked & (z_next == mask_id)  # (B, L)
     invalid = (~masked & (z_next != z)) | (z_next < 0) | (z_next > mask_id)  # (B, L)
     token_logp = logp.gather(-1, z_next.clamp(0, mask_id - 1).unsqueeze(-1)).squeeze(-1)  # (B, L)
-    log_p = math.log(p) if p > 0 else -math.inf
-    log_stay = math.log1p(-p) if p < 1 else -math.inf
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    if isinstance(p, Tensor):  # per row: log 0 = -inf and log1p(-1) = -inf as in the scalar case
+        p = p.to(device=logp.device, dtype=torch.float64)
+        log_p = torch.log(p).to(logp.dtype).unsqueeze(-1)  # (B, 1)
+        log_stay = torch.log1p(-p).to(logp.dtype).unsqueeze(-1).expand_as(token_logp)  # (B, L)
+    else:
+        log_p = math.log(p) if p > 0 else -math.inf
+        log_stay = torch.full_like(zero, math.log1p(-p) if p < 1 else -math.inf)
     per_pos = torch.where(revealed, token_logp + log_p, zero)  # (B, L)
-    per_pos = per_pos + torch.where(stays, torch.full_like(zero, log_stay), zero)  # (B, L)
+    per_pos = per_pos + torch.where(stays, log_stay, zero)  # (B, L)
     per_pos = per_pos + torch.where(invalid, torch.full_like(zero, -math.inf), zero)  # (B, L)
     return per_pos.sum(dim=-1)  # (B,)
 

@@ -260,16 +260,17 @@ def free_tokens(batch: Mapping[str, Tensor]) -> Tensor:
 
 
 def path_subset(
-    num_steps: int, k: int | None, generator: torch.Generator | None = None
+    num_steps: int, k: int | None, num_rows: int, generator: torch.Generator | None = None
 ) -> tuple[Tensor, float]:
-    """(sorted indices (k,) of the path's transitions to re-score, weight P / k): a uniform k-subset without
-    replacement, so that (P / k) sum_{j in subset} f_j is unbiased for sum_j f_j (DDPO's timestep fraction);
-    every transition with weight 1 for k None or k >= P."""
+    """(indices (N, k) of the transitions to re-score in each row, sorted, and the weight P / k): a uniform k-subset
+    of the path's P transitions without replacement, drawn independently for every row (DDPO draws its timesteps
+    per sample), so that (P / k) sum_{j in subset_n} f_{n,j} is unbiased for sum_j f_{n,j} in every row and the
+    subsets' noise averages over the batch; every transition with weight 1 for k None or k >= P."""
     if k is None or k >= num_steps:
-        return torch.arange(num_steps), 1.0
+        return torch.arange(num_steps).expand(num_rows, -1), 1.0
     device = generator.device if generator is not None else None
-    chosen = torch.randperm(num_steps, generator=generator, device=device)[:k]  # (k,)
-    return chosen.sort().values.cpu(), num_steps / k
+    keys = torch.rand(num_rows, num_steps, generator=generator, device=device)  # (N, P) iid: a random order
+    return keys.argsort(dim=1)[:, :k].sort(dim=1).values.cpu(), num_steps / k
 
 
 def trajectory_objective(
@@ -281,22 +282,20 @@ def trajectory_objective(
 ) -> tuple[Tensor, dict]:
     """Baseline: PPO-clipped REINFORCE on the sampler's own per-step log-probabilities (DDPO / d1), summed
     over the path and divided by C_x (per token); with ``trajectory_steps`` k, the sum over a uniform k-subset of
-    the path's transitions (the same for the whole batch), times P / k (:func:`path_subset`)."""
+    each path's transitions, drawn per row, times P / k (:func:`path_subset`; one model call on the N k chosen
+    states, ``diffusion.score_transitions``)."""
     ops = diffusion.path_ops(int(spec.denoise_steps), int(spec.corrector_steps))
     states = batch["path_states"].long()  # (N, P + 1, L)
-    chosen, weight = path_subset(len(ops), spec.trajectory_steps, generator)  # (k,), P / k
+    chosen, weight = path_subset(len(ops), spec.trajectory_steps, states.shape[0], generator)  # (N, k), P / k
+    path = diffusion.Path(states, ops)
     if weight == 1.0:
-        step_log_prob = diffusion.score_path(
-            model, diffusion.Path(states, ops), schedule, reduce=False
-        )  # (N, P)
-    else:  # each chosen transition as a one-step path: its two states and its op
-        step_log_prob = torch.cat(
-            [diffusion.score_path(model, diffusion.Path(states[:, j : j + 2], [ops[j]]), schedule, reduce=False)
-             for j in chosen.tolist()], dim=1,
-        )  # (N, k)  # fmt: skip
+        step_log_prob = diffusion.score_path(model, path, schedule, reduce=False)  # (N, P)
+    else:
+        step_log_prob = diffusion.score_transitions(model, path, chosen, schedule)  # (N, k)
+    old = batch["old_step_log_prob"]  # (N, P)
     return trajectory_pg_loss(
         step_log_prob,
-        batch["old_step_log_prob"][:, chosen],  # (N, k)
+        old.gather(1, chosen.to(old.device)),  # (N, k)
         batch["advantages"],
         float(spec.clip_eps),
         row_weight=weight / free_tokens(batch),
