@@ -119,7 +119,27 @@ def parser(command: str) -> argparse.ArgumentParser:
         "--realism-min", type=float, default=None, help="realism guard of the best row (default: task's)"
     )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray (default: all)")
+    p.add_argument("--merge", default=None, metavar="DIR,DIR",
+                   help="merge these finished experiments (parts: other methods or other seeds, the same protocol) "
+                        "into one report in --output; runs nothing and takes no other option")  # fmt: skip
     return p
+
+
+def merge(p: argparse.ArgumentParser, args) -> None:
+    """``--merge``: one report from finished parts (:mod:`sepo_ray.experiment.merge`)."""
+    from sepo_ray.experiment.merge import merge_experiments
+    from sepo_ray.tasks import get_task
+
+    skip = {"task", "output", "merge"}
+    given = [a.option_strings[0] for a in p._actions if a.dest not in skip and a.option_strings
+             and a.dest != "help" and getattr(args, a.dest) != a.default]  # fmt: skip
+    if given:
+        raise ValueError(
+            f"--merge takes only TASK and --output (the parts fix the rest), not {', '.join(given)}"
+        )
+    folders = [Path(f) for f in args.merge.split(",") if f.strip()]
+    merge_experiments(get_task(args.task), folders, args.output)
+    print(f"== merged {len(folders)} parts into {args.output}", flush=True)
 
 
 def main(argv=None, command: str = "compare") -> int:
@@ -129,6 +149,9 @@ def main(argv=None, command: str = "compare") -> int:
     p = parser(command)
     args = p.parse_args(argv)
     try:
+        if args.merge is not None:
+            merge(p, args)
+            return 0
         task = get_task(args.task)
         if args.budgets is None:  # the budget of the task's default run
             from sepo_ray.resolve import resolve_settings

@@ -33,6 +33,7 @@ budgets), ``reward_kl.png`` (several KL weights).
 | ``engine`` | :class:`Experiment`: the rows in order, their evaluation, tuning and training steps |
 | ``pipeline`` | :func:`prepare` (every check first), :func:`run_experiment`, :func:`write_report` |
 | ``report`` | ``table.md``, ``frontier.png``, ``reward_kl.png`` |
+| ``merge`` | one report from an experiment run in parts (other methods or seeds): ``--merge DIR,DIR`` |
 """
 
 from .engine import Experiment, Tuning

@@ -179,7 +179,7 @@ def run_experiment(exp: Experiment, tune_only: bool = False) -> dict | None:
             higher_is_better=exp.score not in getattr(exp.scorer, "lower_is_better", ()),
         ),  # fmt: skip
     }
-    write_report(exp, report, frames + ref_frames)
+    write_report(exp.output, exp.scorer, report, frames + ref_frames)
     return report
 
 
@@ -202,7 +202,7 @@ def protocol_of(exp: Experiment) -> dict:
     )
 
 
-def write_report(exp: Experiment, report: dict, frames: list) -> None:
+def write_report(out: Path, scorer, report: dict, frames: list) -> None:
     """comparison.json, table.md, metrics.json (row -> metrics), samples.parquet, the violin plot of the task's
     per-sequence score, frontier.png (several budgets) and reward_kl.png (runs at several KL weights)."""
     import pandas as pd
@@ -213,10 +213,9 @@ def write_report(exp: Experiment, report: dict, frames: list) -> None:
 
     from .report import format_table, plot_frontier, plot_reward_kl
 
-    out, scorer = exp.output, exp.scorer
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     paired = getattr(scorer, "paired_score", None)
-    if paired and any(r["method"] == "pretrained" for r in report["rows"]):
+    if paired and len(samples) and any(r["method"] == "pretrained" for r in report["rows"]):
         for row in report["rows"]:  # e.g. the text judge's win rate on the same prompts
             wins = win_rates(samples, row["name"], "pretrained", paired)
             if wins:
@@ -231,7 +230,7 @@ def write_report(exp: Experiment, report: dict, frames: list) -> None:
         samples.to_parquet(out / "samples.parquet", index=False)
         if scorer.plot_score is not None and scorer.plot_score in samples:
             violin_plot(samples, out / f"{scorer.plot_score}.png", scorer.plot_score, scorer.plot_label)
-    if len(exp.budgets) > 1:
+    if len(report["budgets"]) > 1:
         plot_frontier(report, scorer, out / "frontier.png")
     if sum(1 for r in report["rows"] if r.get("kl") is not None) > 1:
         plot_reward_kl(report, scorer, out / "reward_kl.png")
