@@ -111,6 +111,7 @@ def test_parts_by_method_merge_to_the_whole_report():
         ),
         (lambda b: b["rows"][-1]["config"].update(lr=1e-3), "differs between the parts in config"),
         (lambda b: b["rows"][-1]["metrics"][METRICS[0]].pop("values"), "no per-seed values"),
+        (lambda b: next(r for r in b["rows"] if "kl" in r).pop("kl"), "a KL in one part only"),
     ],
 )
 def test_disagreeing_parts_are_refused(change, message):
@@ -175,6 +176,10 @@ def test_merge_command_writes_the_report_and_refuses_bad_folders(tmp_path, capsy
         and len(err.strip().splitlines()) == 1
     )
     assert not (tmp_path / "m3").exists()
+    (tmp_path / "unfinished" / "rows").mkdir(parents=True)  # an experiment under way, no report yet
+    assert frontier_main(["dna", "--merge", f"{a},{b}", "--output", str(tmp_path / "unfinished")]) == 2
+    assert "holds an experiment of its own" in capsys.readouterr().err
+    assert not (tmp_path / "unfinished" / "comparison.json").exists()
     assert frontier_main(["toy", "--merge", f"{a},{b}", "--output", str(tmp_path / "m4")]) == 2
     assert "not 'toy'" in capsys.readouterr().err
 

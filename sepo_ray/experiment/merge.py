@@ -82,7 +82,9 @@ def join_rows(a: Mapping, b: Mapping) -> dict:
             by_seed.update(zip(row["seeds"], values))
         metrics[key] = seed_summary([by_seed[s] for s in seeds])
     out = {**a, "seeds": seeds, "metrics": metrics}
-    if "kl" in a or "kl" in b:  # each part's KL is the mean over its seeds
+    if ("kl" in a) != ("kl" in b):
+        raise ValueError(f"--merge: row {name} has a KL in one part only")
+    if "kl" in a:  # each part's KL is the mean over its seeds
         out["kl"] = (a["kl"] * len(a["seeds"]) + b["kl"] * len(b["seeds"])) / len(seeds)
     for key in ("train_seconds", "counted_calls"):
         if key in a or key in b:
@@ -190,7 +192,8 @@ def merge_experiments(task, folders: Sequence[Path], output: Path) -> dict:
             f"--merge: --output {output} is one of the parts; write the merge into another folder"
         )
     own = output / "comparison.json"
-    if (output / "runs").exists() or (own.is_file() and "merged_from" not in json.loads(own.read_text())):
+    work = [n for n in ("runs", "rows", "pools", "tuning", "tuning.json") if (output / n).exists()]
+    if work or (own.is_file() and "merged_from" not in json.loads(own.read_text())):
         raise ValueError(
             f"--output {output} holds an experiment of its own; write the merge into another folder"
         )
