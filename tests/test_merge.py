@@ -196,3 +196,24 @@ def test_the_shipped_8k_frontier_split_by_method_merges_back_to_itself():
     finetuned = {**shipped, "rows": [r for r in shipped["rows"] if r["method"] == "sepo_t"]}
     merged = merge_reports([selection, finetuned])
     assert json.dumps(merged, sort_keys=True) == json.dumps(shipped, sort_keys=True)
+
+
+def _one_budget(report):
+    return {**report, "budgets": [512], "rows": [r for r in report["rows"] if r["budget_calls"] in (0, 512)]}
+
+
+def test_a_merge_into_an_earlier_merge_leaves_none_of_its_files_behind(tmp_path):
+    """frontier.png of an earlier two-budget merge goes when the new merge has one budget; a user's file stays."""
+    methods = ("pretrained", "best_of_n", "sepo_t")
+    a, b = _write(tmp_path / "a", _part([0, 2], methods)), _write(tmp_path / "b", _part([1, 3], methods))
+    out = tmp_path / "merged"
+    assert frontier_main(["dna", "--merge", f"{a},{b}", "--output", str(out)]) == 0
+    assert (out / "frontier.png").is_file()
+    (out / "notes.md").write_text("mine")
+    c = _write(tmp_path / "c", _one_budget(_part([0, 2], methods)))
+    d = _write(tmp_path / "d", _one_budget(_part([1, 3], methods)))
+    assert frontier_main(["dna", "--merge", f"{c},{d}", "--output", str(out)]) == 0
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["budgets"] == [512] and [m["folder"] for m in report["merged_from"]] == [str(c), str(d)]
+    assert not (out / "frontier.png").exists() and (out / "notes.md").read_text() == "mine"
+    assert (out / "table.md").is_file() and (out / "metrics.json").is_file()

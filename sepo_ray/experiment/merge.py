@@ -180,10 +180,11 @@ def merge_reports(parts: Sequence[Mapping], higher_is_better: bool = True) -> di
 def merge_experiments(task, folders: Sequence[Path], output: Path) -> dict:
     """Read the parts in ``folders``, merge them, write the report into ``output`` (comparison.json with
     ``merged_from``, table.md, metrics.json, samples.parquet when every part has one, the plots); returns it.
-    ``output`` must be a new folder or an earlier merge's: never a part, never an experiment's own folder."""
+    ``output`` must be a new folder or an earlier merge's (whose report files this one replaces, leaving none
+    of the earlier merge's behind): never a part, never an experiment's own folder."""
     import pandas as pd
 
-    from .pipeline import write_report
+    from .pipeline import report_files, write_report
 
     output = Path(output)
     folders = [Path(f) for f in folders]
@@ -213,5 +214,7 @@ def merge_experiments(task, folders: Sequence[Path], output: Path) -> dict:
     tables = [f / "samples.parquet" for f in folders]
     frames = [pd.read_parquet(t) for t in tables] if all(t.is_file() for t in tables) else []
     output.mkdir(parents=True, exist_ok=True)
-    write_report(output, scorer, report, frames)
+    written = write_report(output, scorer, report, frames)
+    for stale in set(report_files(output, scorer)) - set(written):  # an earlier merge's, not this one's
+        stale.unlink(missing_ok=True)
     return report

@@ -202,9 +202,25 @@ def protocol_of(exp: Experiment) -> dict:
     )
 
 
-def write_report(out: Path, scorer, report: dict, frames: list) -> None:
+def report_files(out: Path, scorer) -> list[Path]:
+    """Every file ``write_report`` may write into ``out``."""
+    names = [
+        "comparison.json",
+        "table.md",
+        "metrics.json",
+        "samples.parquet",
+        "frontier.png",
+        "reward_kl.png",
+    ]
+    if scorer.plot_score is not None:
+        names.append(f"{scorer.plot_score}.png")
+    return [out / n for n in names]
+
+
+def write_report(out: Path, scorer, report: dict, frames: list) -> list[Path]:
     """comparison.json, table.md, metrics.json (row -> metrics), samples.parquet, the violin plot of the task's
-    per-sequence score, frontier.png (several budgets) and reward_kl.png (runs at several KL weights)."""
+    per-sequence score, frontier.png (several budgets) and reward_kl.png (runs at several KL weights);
+    returns the files written, a subset of ``report_files``."""
     import pandas as pd
 
     from sepo_ray.evaluation import violin_plot, win_rates
@@ -226,16 +242,22 @@ def write_report(out: Path, scorer, report: dict, frames: list) -> None:
     write_json(
         out / "metrics.json", {r["name"]: r["metrics"] for r in [*report["rows"], *report["references"]]}
     )
+    written = [out / "comparison.json", out / "table.md", out / "metrics.json"]
     if len(samples):
         samples.to_parquet(out / "samples.parquet", index=False)
+        written.append(out / "samples.parquet")
         if scorer.plot_score is not None and scorer.plot_score in samples:
             violin_plot(samples, out / f"{scorer.plot_score}.png", scorer.plot_score, scorer.plot_label)
+            written.append(out / f"{scorer.plot_score}.png")
     if len(report["budgets"]) > 1:
         plot_frontier(report, scorer, out / "frontier.png")
+        written.append(out / "frontier.png")
     if sum(1 for r in report["rows"] if r.get("kl") is not None) > 1:
         plot_reward_kl(report, scorer, out / "reward_kl.png")
+        written.append(out / "reward_kl.png")
     print(text, flush=True)
     sys.stdout.flush()
+    return written
 
 
 def load_configs(path: Path | None) -> dict:
