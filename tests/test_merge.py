@@ -217,3 +217,23 @@ def test_a_merge_into_an_earlier_merge_leaves_none_of_its_files_behind(tmp_path)
     assert report["budgets"] == [512] and [m["folder"] for m in report["merged_from"]] == [str(c), str(d)]
     assert not (out / "frontier.png").exists() and (out / "notes.md").read_text() == "mine"
     assert (out / "table.md").is_file() and (out / "metrics.json").is_file()
+
+
+def test_the_shipped_8k_frontier_with_trajectory_is_the_merge_of_its_shipped_parts():
+    """frontier_8k_all = frontier_8k (pretrained, best-of-N, sepo_t) + trajectory run as one part per seed."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "docs/results/protocol"
+    shipped = json.loads((root / "frontier_8k_all/comparison.json").read_text())
+    folders = [m["folder"] for m in shipped.pop("merged_from")]
+    assert folders == ["docs/results/protocol/frontier_8k"] + [
+        f"docs/results/protocol/frontier_8k_trajectory/seed{s}" for s in (0, 1, 2)
+    ]
+    parts = [json.loads((root.parents[2] / f / "comparison.json").read_text()) for f in folders]
+    assert json.dumps(merge_reports(parts), sort_keys=True) == json.dumps(shipped, sort_keys=True)
+    assert {r["method"] for r in shipped["rows"] if r["budget_calls"] == 8192} == {
+        "best_of_n",
+        "sepo_t",
+        "trajectory",
+    }
+    assert all(r["seeds"] == [0, 1, 2] for r in shipped["rows"])
